@@ -1,0 +1,3 @@
+from threadmill.backends.base import AcknowledgeableTaskBackend
+
+__all__ = ["AcknowledgeableTaskBackend"]
