@@ -158,7 +158,7 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
 
     @abstractmethod
     def retry(self, task_result: TaskResult, run_after: datetime) -> bool:
-        """Record the failed attempt (its error is `task_result.errors[-1]`) and schedule it again."""
+        """Record the failed attempt (`task_result.errors[-1]`) and schedule the task again."""
 
     @abstractmethod
     def maintain(self, pool_id: str | None = None) -> dict[str, int]:

@@ -83,7 +83,7 @@ def load_task(path: str) -> Task:
         raise InvalidTaskPath(f"Cannot import task {path!r}: {error}") from error
     if not isinstance(candidate, Task):
         raise InvalidTaskPath(
-            f"{path!r} is a {type(candidate).__name__}, not a django.tasks.Task; refusing to run it."
+            f"{path!r} is a {type(candidate).__name__}, not a django.tasks.Task; refused."
         )
     return candidate
 
