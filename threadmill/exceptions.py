@@ -25,3 +25,7 @@ class InvalidReturnValue(Exception):
 
 class LeaseLost(TaskException):
     """The lease of a task is no longer held by the caller, so its outcome was not recorded."""
+
+
+class BackendUnavailable(TaskException):
+    """The backend's server cannot be reached; nothing was written."""

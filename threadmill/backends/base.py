@@ -145,11 +145,13 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
         """
 
     @abstractmethod
-    def acknowledge(self, task_result: TaskResult) -> bool:
+    def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
         """Publish the final result of a leased task and end its lease, atomically.
 
-        Returns False (and logs) when the caller no longer holds the lease; the outcome
-        recorded by whoever settled it stands.
+        Returns False (and logs) when the lease has ended; the outcome recorded by whoever
+        settled it stands. A holder's repeated call (its first reply was lost) returns True.
+        `by_holder=False` is for whoever ends a lease on the holder's behalf (maintenance,
+        the arbiter): the holder's own late call is then refused.
         """
 
     @abstractmethod
@@ -179,13 +181,13 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
 
     # --- built on the contract ----------------------------------------------------------
 
-    def settle(self, task_result: TaskResult, error: TaskError) -> bool:
-        """End a leased task that can no longer finish: retry it per its policy, else fail it."""
+    def settle(self, task_result: TaskResult, error: TaskError, *, by_holder: bool = False) -> bool:
+        """End a leased task that failed with `error`: retry it per its policy, else fail it."""
         failed = with_error(task_result, error)
         delay = retry_delay(failed)
         if delay is not None:
             return self.retry(failed, timezone.now() + delay)
-        return self.acknowledge(failed)
+        return self.acknowledge(failed, by_holder=by_holder)
 
     def check(self, **kwargs: Any) -> Iterator[checks.CheckMessage]:
         yield from super().check(**kwargs)
@@ -195,6 +197,13 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
                 obj=self.alias,
                 id="threadmill.E003",
             )
+
+
+def lease_token(task_result: TaskResult) -> str:
+    """The owner token of a task result's lease: its attempt number and worker id, tab-joined."""
+    if not task_result.worker_ids:
+        raise ValueError(f"Task {task_result.id} is not leased: it has no attempt.")
+    return f"{len(task_result.worker_ids)}\t{task_result.worker_ids[-1]}"
 
 
 def with_error(task_result: TaskResult, error: TaskError) -> TaskResult:

@@ -1,0 +1,86 @@
+-- Lease up to ARGV[1] tasks, round-robin over the queues so a busy queue never starves another.
+-- KEYS[1] tasks          hash: "<id>.<field>" -> value
+-- KEYS[2] pool_leases    zset (all scores 0): "<pool id>\t<id>" for every lease a pool holds
+-- then four keys per queue, in the caller's order, for queue i (i = 0, 1, ...):
+-- KEYS[3+4i] ready       zset: id -> order
+-- KEYS[4+4i] scheduled   zset: id -> run_after (seconds)
+-- KEYS[5+4i] running     zset: id -> lease expiry (seconds)
+-- KEYS[6+4i] wake        list: wake-up tokens, emptied here when nothing is ready, so a
+--                        token in it always means "something was queued after you looked"
+-- ARGV[1] how many tasks to lease at most
+-- ARGV[2] worker id, JSON-encoded (appended to worker_ids as it is)
+-- ARGV[3] worker id, plain (goes into the lease token)
+-- ARGV[4] pool id, or "" when the lease belongs to no pool
+-- ARGV[5] lease time to live, seconds
+-- ARGV[6] the most scheduled tasks to promote per queue in this call
+-- ARGV[7] which queue to take from first (0-based), so callers rotate the start
+-- Returns {now, next_due, id1, payload1, enqueued_at1, started_at1, worker_ids1, errors1, ...}:
+-- next_due is the earliest run_after still scheduled ("" if none), for the caller's wait.
+local clock = redis.call('TIME')
+local now_number = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local now = string.format('%.6f', now_number)
+local queues = (#KEYS - 2) / 4
+local tasks = KEYS[1]
+
+-- Due scheduled tasks become ready first, so they compete by priority like any other.
+local next_due = ''
+for q = 0, queues - 1 do
+  local ready, scheduled = KEYS[3 + 4 * q], KEYS[4 + 4 * q]
+  local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+  for _, id in ipairs(due) do
+    redis.call('ZREM', scheduled, id)
+    redis.call('ZADD', ready, redis.call('HGET', tasks, id .. '.order'), id)
+  end
+  local first = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
+  if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
+    next_due = first[2]
+  end
+end
+
+local reply = {now, next_due}
+local wanted = tonumber(ARGV[1])
+local expiry = string.format('%.6f', now_number + tonumber(ARGV[5]))
+local worker_json, worker, pool = ARGV[2], ARGV[3], ARGV[4]
+local taken, empty_in_a_row, q = 0, 0, tonumber(ARGV[7]) % queues
+while taken < wanted and empty_in_a_row < queues do
+  local popped = redis.call('ZPOPMIN', KEYS[3 + 4 * q])
+  if popped[1] then
+    empty_in_a_row = 0
+    taken = taken + 1
+    local id = popped[1]
+    local f = redis.call('HMGET', tasks, id .. '.payload', id .. '.enqueued_at',
+      id .. '.started_at', id .. '.worker_ids', id .. '.errors', id .. '.attempts',
+      id .. '.attempted_at')
+    local started = f[3] or now
+    local workers = f[4]
+    if workers == '[]' then
+      workers = '[' .. worker_json .. ']'
+    else
+      workers = string.sub(workers, 1, -2) .. ',' .. worker_json .. ']'
+    end
+    local attempts = tonumber(f[6]) + 1
+    local lease = attempts .. '\t' .. worker .. '\t' .. pool
+    redis.call('HSET', tasks, id .. '.status', 'RUNNING', id .. '.started_at', started,
+      id .. '.attempted_at', now, id .. '.previous_attempted_at', f[7] or '',
+      id .. '.worker_ids', workers, id .. '.attempts', attempts, id .. '.lease', lease)
+    redis.call('ZADD', KEYS[5 + 4 * q], expiry, id)
+    if pool ~= '' then
+      redis.call('ZADD', KEYS[2], 0, pool .. '\t' .. id)
+    end
+    table.insert(reply, id)
+    table.insert(reply, f[1])
+    table.insert(reply, f[2])
+    table.insert(reply, started)
+    table.insert(reply, workers)
+    table.insert(reply, f[5])
+  else
+    empty_in_a_row = empty_in_a_row + 1
+  end
+  q = (q + 1) % queues
+end
+if taken == 0 then
+  for q = 0, queues - 1 do
+    redis.call('DEL', KEYS[6 + 4 * q])
+  end
+end
+return reply

@@ -1,0 +1,35 @@
+-- Queue up one task.
+-- KEYS[1] tasks      hash: "<id>.<field>" -> value, every task of the alias
+-- KEYS[2] sequence   string: counter giving FIFO order within a priority
+-- KEYS[3] ready      zset: id -> order (priority band, then sequence), of this task's queue
+-- KEYS[4] scheduled  zset: id -> run_after (seconds since the epoch), of this task's queue
+-- KEYS[5] wake       list: wake-up tokens that idle acquirers of this queue block on
+-- ARGV[1] id
+-- ARGV[2] payload, JSON bytes stored as they are (never decoded here)
+-- ARGV[3] queue name
+-- ARGV[4] priority, a whole number from -100 to 100
+-- ARGV[5] run_after in seconds since the epoch, or "" to run as soon as possible
+-- Returns the server time of the enqueue (seconds since the epoch, as a string),
+-- or an error when the id exists already.
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id .. '.status') == 1 then
+  return redis.error_reply('threadmill: task id ' .. id .. ' exists already')
+end
+local clock = redis.call('TIME')
+local now = string.format('%.6f', tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
+local sequence = redis.call('INCR', KEYS[2])
+-- Higher priority sorts first; 2^44 sequence numbers per band keep the score an exact integer.
+local order = string.format('%.0f', (100 - tonumber(ARGV[4])) * 17592186044416 + sequence)
+redis.call('HSET', KEYS[1],
+  id .. '.payload', ARGV[2], id .. '.status', 'READY', id .. '.queue', ARGV[3],
+  id .. '.order', order, id .. '.enqueued_at', now, id .. '.attempts', 0,
+  id .. '.worker_ids', '[]', id .. '.errors', '[]')
+if ARGV[5] ~= '' and tonumber(ARGV[5]) > tonumber(now) then
+  redis.call('ZADD', KEYS[4], ARGV[5], id)
+else
+  redis.call('ZADD', KEYS[3], order, id)
+  redis.call('LPUSH', KEYS[5], '1')
+  -- Enough tokens to wake every idle acquirer; more would only be stale.
+  redis.call('LTRIM', KEYS[5], 0, 255)
+end
+return now

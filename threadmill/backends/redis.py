@@ -1,0 +1,569 @@
+"""A durable task backend on Redis (standalone, or a Cluster: one hash tag per alias).
+
+Guarantees
+- An enqueue is one atomic script: the task is queued whole or, on error, not at all.
+- Pending work (ready, scheduled, running) never expires; only a finished result does,
+  `result_ttl` after it finished (trimmed by `maintain`).
+- Delivery is at least once. A lease ends by acknowledgement, retry or release, or when it
+  expires (`lease_ttl`) or its pool's heartbeat stops (`pool_ttl`); a late acknowledgement from
+  a former holder is refused and logged, never written.
+- Order: higher priority first, then first queued first, within a queue; several queues are
+  served round-robin, so a busy queue never starves another.
+- Payloads (args, kwargs) and return values are stored and returned byte for byte: the scripts
+  move them as opaque strings and never decode JSON.
+
+Limits
+- Durability is Redis's: with `appendonly no`, or `appendfsync everysec`, a crash of the Redis
+  server loses the last writes (see `manage.py check --deploy`). A `maxmemory-policy` other than
+  `noeviction` lets Redis drop queued work under memory pressure.
+- Times come from the Redis server's clock; `run_after` is compared with it.
+
+Layout: every key of an alias is `<key_prefix>:{<alias>}:<name>`; the `{alias}` hash tag puts
+them in one Cluster slot, and every script is handed each key it touches in KEYS.
+"""
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core import checks
+from django.tasks import TaskResult, TaskResultStatus
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils.crypto import get_random_string
+
+from threadmill.backends.base import COMMON_OPTIONS, AcknowledgeableTaskBackend, lease_token
+from threadmill.backends.serialization import (
+    StoredTask,
+    encode_errors,
+    encode_payload,
+    encode_return_value,
+    encode_worker_ids,
+    synthetic_error,
+    to_task_result,
+)
+from threadmill.exceptions import (
+    AcknowledgementTimeout,
+    BackendUnavailable,
+    InvalidTaskPath,
+)
+from threadmill.tasks import Task
+
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+except ImportError:  # reported by the system check, not at import
+    redis = None  # type: ignore[assignment]
+
+logger = logging.getLogger("threadmill.backends.redis")
+
+SCRIPTS = Path(__file__).with_name("lua")
+
+# A blocking wait is cut into slices no longer than this, so a silently dropped connection is
+# noticed (the socket timeout is a little longer) and the caller's deadline is kept.
+LONGEST_BLOCK = 30.0
+
+# The fields of a task, in the order `get_result` reads them.
+READ_FIELDS = (
+    "payload",
+    "status",
+    "enqueued_at",
+    "started_at",
+    "attempted_at",
+    "finished_at",
+    "worker_ids",
+    "errors",
+    "return_value",
+)
+
+
+class RedisTaskBackend(AcknowledgeableTaskBackend):
+    """Tasks in Redis: `REDIS_URL`, optional `QUEUES`, and the `OPTIONS` of the contract."""
+
+    known_options = {**COMMON_OPTIONS, "key_prefix": ("threadmill", "text")}
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.url: str | None = params.get("REDIS_URL")
+        key_prefix = self.settings["key_prefix"]
+        if not isinstance(key_prefix, str) or not key_prefix or "{" in key_prefix:
+            self.option_problems.append(
+                f"key_prefix must be a non-empty string without braces, not {key_prefix!r}."
+            )
+            key_prefix = "threadmill"
+        self.prefix = f"{key_prefix}:{{{alias}}}:"
+        self._rotation = random.randrange(1 << 16)
+
+    # --- connections ------------------------------------------------------------------------
+    # redis-py's connection pool notices a fork (it checks the pid) and opens new sockets in
+    # the child, so a backend built before the pool forks its workers is safe to use after.
+
+    @cached_property
+    def client(self) -> "redis.Redis":
+        """The connection for enqueue and reads: fails fast, so a caller hears of an outage."""
+        return self._connect(retries=1, socket_timeout=5.0)
+
+    @cached_property
+    def worker_client(self) -> "redis.Redis":
+        """The connection of the pool: rides out short outages, retrying with backoff."""
+        return self._connect(retries=8, socket_timeout=LONGEST_BLOCK + 5)
+
+    def _connect(self, retries: int, socket_timeout: float) -> "redis.Redis":
+        if redis is None:
+            raise BackendUnavailable(
+                "The Redis backend needs redis-py: pip install threadmill[redis]"
+            )
+        if not self.url:
+            raise BackendUnavailable(f"TASKS[{self.alias!r}] has no REDIS_URL.")
+        return redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=5.0,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+
+    def _script(self, name: str, client: "redis.Redis"):
+        return _load_script(name, client)
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def queue_keys(self, queue_name: str) -> tuple[str, str, str, str]:
+        """The ready, scheduled, running and wake keys of one queue."""
+        return (
+            self.key(f"ready:{queue_name}"),
+            self.key(f"scheduled:{queue_name}"),
+            self.key(f"running:{queue_name}"),
+            self.key(f"wake:{queue_name}"),
+        )
+
+    # --- enqueue and read -------------------------------------------------------------------
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        task_id = get_random_string(32)
+        payload = encode_payload(task, args, kwargs)
+        ready, scheduled, _, wake = self.queue_keys(task.queue_name)
+        run_after = repr(task.run_after.timestamp()) if task.run_after else ""
+        with self._reporting_outage():
+            enqueued_at = self._script("enqueue", self.client)(
+                keys=[self.key("tasks"), self.key("sequence"), ready, scheduled, wake],
+                args=[task_id, payload, task.queue_name, task.priority, run_after],
+                client=self.client,
+            )
+        result = to_task_result(
+            StoredTask(id=task_id, payload=payload, status="READY", enqueued_at=enqueued_at),
+            self.alias,
+        )
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        with self._reporting_outage():
+            values = self.client.hmget(
+                self.key("tasks"), [f"{result_id}.{field}" for field in READ_FIELDS]
+            )
+        if values[0] is None or values[1] is None:
+            raise TaskResultDoesNotExist(result_id)
+        return to_task_result(StoredTask(result_id, *_texts(values)), self.alias)
+
+    # --- leasing ----------------------------------------------------------------------------
+
+    def acquire_many(
+        self,
+        *queue_names: str,
+        count: int,
+        timeout: float | None = None,
+        worker_id: str | None = None,
+        pool_id: str | None = None,
+    ) -> list[TaskResult]:
+        queue_names = self._queues(queue_names)
+        worker_id = worker_id or f"anonymous:{get_random_string(8)}"
+        if "\t" in worker_id or (pool_id and "\t" in pool_id):
+            raise ValueError("worker_id and pool_id cannot contain tab characters.")
+        client = self.worker_client
+        keys = [self.key("tasks"), self.key("pool_leases")]
+        wake_keys = []
+        for name in queue_names:
+            queue_keys = self.queue_keys(name)
+            keys.extend(queue_keys)
+            wake_keys.append(queue_keys[3])
+        acquire = self._script("acquire", client)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._rotation += 1
+            reply = acquire(
+                keys=keys,
+                args=[
+                    count,
+                    json.dumps(worker_id),
+                    worker_id,
+                    pool_id or "",
+                    self.lease_ttl,
+                    self.batch_size,
+                    self._rotation,
+                ],
+                client=client,
+            )
+            leased = self._leased(reply, worker_id)
+            if leased or len(reply) > 2:
+                return leased
+            wait = LONGEST_BLOCK if deadline is None else deadline - time.monotonic()
+            if reply[1]:  # a scheduled task falls due: wake up for it
+                wait = min(wait, max(0.0, float(reply[1]) - float(reply[0])) + 0.001)
+            if wait <= 0:
+                return []
+            # BLPOP takes a float timeout (0 would mean "for ever"): never pass 0.
+            client.blpop(wake_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
+
+    def _leased(self, reply: list, worker_id: str) -> list[TaskResult]:
+        now, leased = reply[0], []
+        for i in range(2, len(reply), 6):
+            task_id, payload, enqueued_at, started_at, worker_ids, errors = _texts(reply[i : i + 6])
+            stored = StoredTask(
+                id=task_id,
+                payload=payload,
+                status="RUNNING",
+                enqueued_at=enqueued_at,
+                started_at=started_at,
+                last_attempted_at=now,
+                worker_ids=worker_ids,
+                errors=errors,
+            )
+            try:
+                leased.append(to_task_result(stored, self.alias))
+            except InvalidTaskPath as error:
+                self._refuse(stored, error)
+        return leased
+
+    def _refuse(self, stored: StoredTask, error: InvalidTaskPath) -> None:
+        """Fail a leased task whose payload names no Task; nothing of it is run."""
+        logger.error("Task %s refused: %s", stored.id, error)
+        worker_ids = json.loads(stored.worker_ids or "[]")
+        errors = json.loads(stored.errors or "[]")
+        errors.append(
+            {
+                "exception_class_path": "threadmill.exceptions.InvalidTaskPath",
+                "traceback": f"threadmill.exceptions.InvalidTaskPath: {error}\n",
+            }
+        )
+        queue_name = json.loads(stored.payload).get("queue_name", "")
+        self._acknowledge(
+            stored.id,
+            queue_name,
+            _token(len(worker_ids), worker_ids[-1]),
+            "FAILED",
+            b"",
+            json.dumps(errors).encode(),
+            by_holder=False,
+        )
+
+    # --- ending a lease ---------------------------------------------------------------------
+
+    def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
+        if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+            raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
+        return_value = b""
+        if task_result.status == TaskResultStatus.SUCCESSFUL:
+            return_value = encode_return_value(task_result._return_value)
+        return self._acknowledge(
+            task_result.id,
+            task_result.task.queue_name,
+            lease_token(task_result),
+            task_result.status.value,
+            return_value,
+            encode_errors(task_result.errors),
+            by_holder,
+        )
+
+    def _acknowledge(
+        self,
+        task_id: str,
+        queue_name: str,
+        token: str,
+        status: str,
+        value: bytes,
+        errors: bytes,
+        by_holder: bool,
+    ) -> bool:
+        client = self.worker_client
+        outcome, detail = self._script("acknowledge", client)(
+            keys=[
+                self.key("tasks"),
+                self.queue_keys(queue_name)[2],
+                self.key("pool_leases"),
+                self.key("expiry"),
+            ],
+            args=[
+                task_id,
+                token,
+                status,
+                value,
+                errors,
+                self.result_ttl,
+                "holder" if by_holder else "settler",
+            ],
+            client=client,
+        )
+        if outcome == 0:
+            logger.warning(
+                "Late result of task %s discarded: its lease (attempt %s) had ended; "
+                "the recorded status %s stands",
+                task_id,
+                token.replace("\t", " by "),
+                _text(detail) or "(trimmed)",
+            )
+            return False
+        return True
+
+    def release(self, task_result: TaskResult) -> bool:
+        ready, _, running, wake = self.queue_keys(task_result.task.queue_name)
+        client = self.worker_client
+        released = self._script("release", client)(
+            keys=[self.key("tasks"), running, self.key("pool_leases"), ready, wake],
+            args=[
+                task_result.id,
+                lease_token(task_result),
+                encode_worker_ids(task_result.worker_ids[:-1]),
+            ],
+            client=client,
+        )
+        if not released:
+            logger.warning("Task %s not released: its lease had ended", task_result.id)
+        return bool(released)
+
+    def retry(self, task_result: TaskResult, run_after: datetime) -> bool:
+        ready, scheduled, running, wake = self.queue_keys(task_result.task.queue_name)
+        client = self.worker_client
+        retried = self._script("retry", client)(
+            keys=[self.key("tasks"), running, self.key("pool_leases"), ready, scheduled, wake],
+            args=[
+                task_result.id,
+                lease_token(task_result),
+                encode_errors(task_result.errors),
+                repr(run_after.timestamp()),
+            ],
+            client=client,
+        )
+        if not retried:
+            logger.warning("Task %s not retried: its lease had ended", task_result.id)
+        return bool(retried)
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+        client = self.worker_client
+        queue_names = sorted(self.queues)
+        keys = [self.key(name) for name in ("tasks", "pool_leases", "pools", "expiry")]
+        for name in queue_names:
+            keys.extend(self.queue_keys(name))
+        reply = self._script("maintain", client)(
+            keys=keys,
+            args=[
+                pool_id or "",
+                self.pool_ttl,
+                self.lease_ttl,
+                self.batch_size,
+                *queue_names,
+            ],
+            client=client,
+        )
+        report = {"promoted": int(reply[0]), "trimmed": int(reply[1]), "settled": 0}
+        seen = set()
+        for i in range(2, len(reply), 3):
+            task_id, lease, reason = _texts(reply[i : i + 3])
+            if task_id in seen or not lease:
+                continue
+            seen.add(task_id)
+            report["settled"] += self._settle_orphan(task_id, lease, reason)
+        return report
+
+    def _settle_orphan(self, task_id: str, lease: str, reason: str) -> int:
+        attempts, worker_id, pool_id = lease.split("\t", 2)
+        if reason == "pool":
+            message = f"pool {pool_id} stopped sending heartbeats while attempt {attempts} ran"
+        else:
+            message = f"the lease of attempt {attempts} by {worker_id} expired"
+        try:
+            task_result = self.get_result(task_id)
+        except InvalidTaskPath as error:
+            values = self.worker_client.hmget(
+                self.key("tasks"), [f"{task_id}.{field}" for field in READ_FIELDS]
+            )
+            self._refuse(StoredTask(task_id, *_texts(values)), error)
+            return 1
+        except TaskResultDoesNotExist:
+            return 0
+        if lease_token(task_result) != f"{attempts}\t{worker_id}":
+            return 0  # settled meanwhile by its holder or another pass
+        logger.warning("Task %s orphaned: %s", task_id, message)
+        return int(self.settle(task_result, synthetic_error(AcknowledgementTimeout, message)))
+
+    def forget_pool(self, pool_id: str) -> None:
+        self.worker_client.zrem(self.key("pools"), pool_id)
+
+    def count_pending(self, *queue_names: str) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in self._queues(queue_names):
+            ready, scheduled, running, _ = self.queue_keys(name)
+            pipe.zcard(ready)
+            pipe.zcard(scheduled)
+            pipe.zcard(running)
+        counts = pipe.execute()
+        return {
+            "ready": sum(counts[0::3]),
+            "scheduled": sum(counts[1::3]),
+            "running": sum(counts[2::3]),
+        }
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _queues(self, queue_names: tuple[str, ...]) -> tuple[str, ...]:
+        if not queue_names:
+            return tuple(sorted(self.queues))
+        unknown = [name for name in queue_names if name not in self.queues]
+        if unknown:
+            raise ValueError(f"Unknown queue(s) {unknown} for backend {self.alias!r}.")
+        return queue_names
+
+    def _reporting_outage(self):
+        return _ReportingOutage(self)
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> Iterator[checks.CheckMessage]:
+        yield from super().check(**kwargs)
+        if redis is None:
+            yield checks.Error(
+                "The Redis task backend needs redis-py.",
+                hint="pip install 'threadmill[redis]'",
+                obj=self.alias,
+                id="threadmill.E004",
+            )
+        if not self.url:
+            yield checks.Error(
+                f"TASKS[{self.alias!r}] has no REDIS_URL.",
+                hint="Set REDIS_URL, e.g. 'redis://localhost:6379/0'.",
+                obj=self.alias,
+                id="threadmill.E001",
+            )
+        elif not _valid_url(self.url):
+            yield checks.Error(
+                f"TASKS[{self.alias!r}]['REDIS_URL'] is not a Redis URL: {self.url!r}.",
+                hint="Use redis://, rediss:// or unix:// URLs.",
+                obj=self.alias,
+                id="threadmill.E002",
+            )
+        if kwargs.get("deploy") and redis is not None and self.url and _valid_url(self.url):
+            yield from self._durability_warnings()
+
+    def _durability_warnings(self) -> Iterator[checks.CheckMessage]:
+        try:
+            config = self.client.config_get("appendonly") | self.client.config_get(
+                "maxmemory-policy"
+            )
+        except redis.ResponseError:
+            return  # CONFIG is not allowed (managed Redis): nothing to say
+        except redis.RedisError as error:
+            yield checks.Warning(
+                f"Could not reach Redis for TASKS[{self.alias!r}] to check its durability: {error}",
+                obj=self.alias,
+                id="threadmill.W003",
+            )
+            return
+        if config.get("appendonly") == "no":
+            yield checks.Warning(
+                "Redis runs with appendonly no: a crash of the Redis server loses "
+                "queued tasks and acknowledged results written since the last snapshot.",
+                hint="Set appendonly yes (and appendfsync everysec or always).",
+                obj=self.alias,
+                id="threadmill.W001",
+            )
+        policy = config.get("maxmemory-policy")
+        if policy and policy != "noeviction":
+            yield checks.Warning(
+                f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): "
+                "queued tasks and results can be dropped.",
+                hint="Set maxmemory-policy noeviction.",
+                obj=self.alias,
+                id="threadmill.W002",
+            )
+
+
+def _token(attempts: int, worker_id: str) -> str:
+    return f"{attempts}\t{worker_id}"
+
+
+class _ReportingOutage:
+    """Turn a connection failure into BackendUnavailable naming the server, for callers."""
+
+    def __init__(self, backend: RedisTaskBackend) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if (
+            error is not None
+            and redis is not None
+            and isinstance(error, redis.ConnectionError | redis.TimeoutError)
+        ):
+            raise BackendUnavailable(
+                f"Redis of task backend {self.backend.alias!r} is unreachable "
+                f"({_redacted(self.backend.url)}): {error}"
+            ) from error
+        return False
+
+
+_script_cache: dict[tuple[str, int], Any] = {}
+
+
+def _load_script(name: str, client: "redis.Redis"):
+    """Register a script once per client; redis-py reloads it if the server forgot it."""
+    key = (name, id(client))
+    script = _script_cache.get(key)
+    if script is None:
+        script = client.register_script((SCRIPTS / f"{name}.lua").read_text())
+        _script_cache[key] = script
+    return script
+
+
+def _texts(values) -> list:
+    return [_text(value) for value in values]
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _valid_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+
+
+def _redacted(url: str | None) -> str:
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
