@@ -227,7 +227,10 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             if wait <= 0:
                 return []
             # BLPOP takes a float timeout (0 would mean "for ever"): never pass 0.
-            client.blpop(wake_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
+            woken = client.blpop(wake_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if woken is None and not reply[1] and out_of_time:
+                return []  # nothing was queued while we waited: no need to look again
 
     def _leased(self, reply: list, worker_id: str) -> list[TaskResult]:
         now, leased = reply[0], []
@@ -467,10 +470,11 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                 obj=self.alias,
                 id="threadmill.E002",
             )
-        if kwargs.get("deploy") and redis is not None and self.url and _valid_url(self.url):
-            yield from self._durability_warnings()
 
-    def _durability_warnings(self) -> Iterator[checks.CheckMessage]:
+    def check_durability(self) -> Iterator[checks.CheckMessage]:
+        """Warn when the Redis server can lose acknowledged work (run by `check --deploy`)."""
+        if redis is None or not self.url or not _valid_url(self.url):
+            return
         try:
             config = self.client.config_get("appendonly") | self.client.config_get(
                 "maxmemory-policy"

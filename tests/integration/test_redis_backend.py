@@ -1,0 +1,235 @@
+"""What only the Redis backend promises: its key layout, scripts, wake-ups and outages."""
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.tasks import task_backends
+from redis.crc import key_slot
+
+from tests import tasks
+from tests.conftest import redis_tasks_setting_for
+from tests.servers import RedisServer, free_port
+from threadmill.backends.redis import SCRIPTS
+from threadmill.exceptions import BackendUnavailable
+
+pytestmark = pytest.mark.usefixtures("redis_tasks_setting")
+
+
+@pytest.fixture
+def backend(settings, redis_tasks_setting):
+    settings.TASKS = redis_tasks_setting
+    return task_backends["default"]
+
+
+def keys_of(backend) -> list[bytes]:
+    return backend.client.keys(backend.prefix + "*")
+
+
+def test_every_key_of_an_alias_lies_in_one_cluster_slot(backend):
+    tasks.noop.enqueue()
+    tasks.noop.using(queue_name="low").enqueue()
+    tasks.noop.using(run_after=tasks_now_plus(3600)).enqueue()
+    backend.maintain("a-pool")
+    leased = backend.acquire(timeout=1, worker_id="h:1:t", pool_id="a-pool")
+    backend.retry(with_failure(leased), tasks_now_plus(3600))
+    keys = keys_of(backend)
+    assert len(keys) >= 6
+    assert {key_slot(key) for key in keys} == {key_slot(b"{default}")}
+    assert all(b"{default}" in key for key in keys)
+
+
+def test_each_operation_is_one_script_whose_header_names_its_keys_and_arguments():
+    scripts = sorted(SCRIPTS.glob("*.lua"))
+    assert {path.stem for path in scripts} >= {
+        "enqueue",
+        "acquire",
+        "acknowledge",
+        "release",
+        "retry",
+        "maintain",
+    }
+    for path in scripts:
+        text = path.read_text()
+        used_keys = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", _code(text))}
+        named_keys = {int(n) for n in re.findall(r"^-- KEYS\[(\d+)\]", text, re.M)}
+        assert used_keys <= named_keys, f"{path.name} uses keys its header does not name"
+        used_args = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", _code(text))}
+        named_args = {int(n) for n in re.findall(r"^-- ARGV\[(\d+)\]", text, re.M)}
+        assert used_args <= named_args, f"{path.name} uses arguments its header does not name"
+        assert "cjson" not in text, f"{path.name} decodes JSON"
+
+
+def test_a_script_never_builds_a_key_name_itself():
+    for path in SCRIPTS.glob("*.lua"):
+        for call in re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", _code(path.read_text())):
+            command, first_argument = call
+            if command in ("TIME",):
+                continue
+            assert "KEYS" in first_argument or first_argument.strip() in _key_variables(
+                path.read_text()
+            ), f"{path.name}: {command} on {first_argument}"
+
+
+def test_an_idle_acquire_blocks_on_the_server_instead_of_polling(backend):
+    backend.acquire_many(count=1, timeout=0, worker_id="h:1:t")  # load the script first
+    before = _commands(backend)
+    started = time.monotonic()
+    assert backend.acquire_many(count=10, timeout=5, worker_id="h:1:t") == []
+    assert time.monotonic() - started >= 4.9
+    issued = _commands(backend) - before - 1  # less the INFO that measured it
+    assert issued <= 3, f"an idle 5 s acquire issued {issued} commands"
+
+
+def test_an_idle_acquire_waits_for_a_scheduled_task_without_polling(backend):
+    tasks.noop.using(run_after=tasks_now_plus(0.5)).enqueue()
+    backend.acquire_many(count=1, timeout=0, worker_id="h:1:t")
+    before = _commands(backend)
+    assert backend.acquire(timeout=5, worker_id="h:1:t")
+    assert _commands(backend) - before - 1 <= 4
+
+
+def test_enqueue_raises_a_clear_error_at_once_when_redis_is_unreachable(settings, key_prefix):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings.TASKS = redis_tasks_setting_for(url, key_prefix)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        tasks.noop.enqueue()
+    assert time.monotonic() - started < 3
+
+
+def test_the_worker_connection_rides_out_a_short_redis_restart(settings, key_prefix):
+    server = RedisServer(appendonly=True).start()
+    try:
+        settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
+        backend = task_backends["default"]
+        enqueued = tasks.noop.enqueue()
+        server.kill()
+        restarter = threading.Timer(0.5, server.start)
+        restarter.start()
+        leased = backend.acquire(timeout=5, worker_id="h:1:t")  # retried with backoff
+        restarter.join()
+        assert leased.id == enqueued.id
+    finally:
+        server.stop()
+
+
+def test_finished_results_leave_no_fields_behind_when_trimmed(settings, redis_server, key_prefix):
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, result_ttl=0.1)
+    backend = task_backends["default"]
+    enqueued = tasks.noop.enqueue()
+    leased = backend.acquire(timeout=1, worker_id="h:1:t")
+    backend.acknowledge(with_success(leased))
+    deadline = time.monotonic() + 5
+    while not backend.maintain()["trimmed"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leftovers = [f for f in backend.client.hkeys(backend.key("tasks")) if enqueued.id in f.decode()]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "check_id"),
+    [
+        ({"REDIS_URL": None}, "threadmill.E001"),
+        ({"REDIS_URL": "http://example.com"}, "threadmill.E002"),
+        ({"OPTIONS": {"lease_ttl": "soon"}}, "threadmill.E003"),
+        ({"OPTIONS": {"batch_size": 0}}, "threadmill.E003"),
+        ({"OPTIONS": {"no_such_option": 1}}, "threadmill.E003"),
+    ],
+)
+def test_bad_settings_are_errors_of_manage_py_check(settings, redis_tasks_setting, entry, check_id):
+    settings.TASKS = {"default": {**redis_tasks_setting["default"], **entry}}
+    with pytest.raises(SystemCheckError, match=check_id):
+        call_command("check")
+
+
+def test_check_deploy_warns_when_redis_can_lose_acknowledged_work(settings, key_prefix, capsys):
+    server = RedisServer("--maxmemory-policy", "allkeys-lru").start()
+    try:
+        settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
+        call_command("check", deploy=True)
+        output = capsys.readouterr().err
+        assert "threadmill.W001" in output
+        assert "threadmill.W002" in output
+    finally:
+        server.stop()
+
+
+def test_check_deploy_is_quiet_about_a_durable_redis(settings, key_prefix, capsys):
+    server = RedisServer(appendonly=True).start()
+    try:
+        settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
+        call_command("check", deploy=True)
+        captured = capsys.readouterr()
+        assert "threadmill.W" not in captured.err + captured.out
+    finally:
+        server.stop()
+
+
+def test_check_deploy_skips_quietly_when_config_is_not_allowed(settings, key_prefix, capsys):
+    server = RedisServer("--rename-command", "CONFIG", "").start()
+    try:
+        settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
+        call_command("check", deploy=True)
+        captured = capsys.readouterr()
+        assert "threadmill.W" not in captured.err + captured.out
+    finally:
+        server.stop()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def tasks_now_plus(seconds: float):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+def with_failure(task_result):
+    from threadmill.backends.base import with_error
+    from threadmill.backends.serialization import synthetic_error
+
+    return with_error(task_result, synthetic_error(ValueError, "failed"))
+
+
+def with_success(task_result):
+    from django.tasks import TaskResultStatus
+
+    object.__setattr__(task_result, "status", TaskResultStatus.SUCCESSFUL)
+    return task_result
+
+
+def _commands(backend) -> int:
+    """Commands the clients sent (those the scripts run inside Redis are not round trips)."""
+    in_scripts = set()
+    for path in SCRIPTS.glob("*.lua"):
+        in_scripts.update(c.lower() for c in re.findall(r"redis\.call\('(\w+)'", path.read_text()))
+    stats = backend.client.info("commandstats")
+    return sum(
+        entry["calls"]
+        for name, entry in stats.items()
+        if name.removeprefix("cmdstat_").split("|")[0] not in in_scripts
+    )
+
+
+def _code(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+def _key_variables(text: str) -> set[str]:
+    """Local names a script binds to KEYS entries (e.g. `local tasks = KEYS[1]`)."""
+    names = set()
+    for match in re.finditer(r"local ([\w, ]+) = (KEYS\[[^\n]+)", _code(text)):
+        names.update(n.strip() for n in match.group(1).split(","))
+    return names | {"ready", "scheduled", "running", "wake", "tasks", "pools", "expiry"}
+
+
+_ = Path, redis
