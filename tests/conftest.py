@@ -7,7 +7,7 @@ from tests.servers import RedisServer
 
 # Every kind of backend the contract suite runs against; each has a `<kind>_tasks_setting`
 # fixture below (or in a conftest near its tests) returning a TASKS setting.
-BACKEND_KINDS = ["redis"]
+BACKEND_KINDS = ["redis", "redis_cluster"]
 
 QUEUES = ["default", "high", "low"]
 
@@ -46,3 +46,17 @@ def backend(request, settings):
     """The default task backend, configured once for each kind of backend."""
     settings.TASKS = request.getfixturevalue(f"{request.param}_tasks_setting")
     yield task_backends["default"]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    from tests.redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_tasks_setting(redis_cluster, key_prefix):
+    return redis_tasks_setting_for(redis_cluster.url, key_prefix, cluster=True)

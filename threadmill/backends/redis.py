@@ -58,6 +58,7 @@ from threadmill.tasks import Task
 
 try:
     import redis
+    import redis.cluster
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 except ImportError:  # reported by the system check, not at import
@@ -88,7 +89,11 @@ READ_FIELDS = (
 class RedisTaskBackend(AcknowledgeableTaskBackend):
     """Tasks in Redis: `REDIS_URL`, optional `QUEUES`, and the `OPTIONS` of the contract."""
 
-    known_options = {**COMMON_OPTIONS, "key_prefix": ("threadmill", "text")}
+    known_options = {
+        **COMMON_OPTIONS,
+        "key_prefix": ("threadmill", "text"),
+        "cluster": (False, "flag"),
+    }
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -100,6 +105,9 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             )
             key_prefix = "threadmill"
         self.prefix = f"{key_prefix}:{{{alias}}}:"
+        self.cluster = self.settings["cluster"]
+        if not isinstance(self.cluster, bool):
+            self.option_problems.append(f"cluster must be True or False, not {self.cluster!r}.")
         self._rotation = random.randrange(1 << 16)
 
     # --- connections ------------------------------------------------------------------------
@@ -123,13 +131,24 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             )
         if not self.url:
             raise BackendUnavailable(f"TASKS[{self.alias!r}] has no REDIS_URL.")
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries)
+        if self.cluster is True:
+            # Every key of the alias is in one slot, so the client talks to a single shard;
+            # it follows MOVED/ASK redirections itself when slots migrate.
+            return redis.cluster.RedisCluster.from_url(
+                self.url,
+                socket_connect_timeout=5.0,
+                socket_timeout=socket_timeout,
+                socket_keepalive=True,
+                retry=retry,
+            )
         return redis.Redis.from_url(
             self.url,
             socket_connect_timeout=5.0,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+            retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
