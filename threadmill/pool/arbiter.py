@@ -1,0 +1,519 @@
+"""The arbiter: forks the worker processes, watches them, and cleans up after the dead.
+
+It never runs task code. Its signal handlers only queue the signal; one loop does the work:
+wait, handle the queued signals, read the control pipes, reap dead workers (settling or
+releasing what they held), kill stuck ones, spawn to the wanted number. Besides that loop, the
+*broker thread* calls `backend.maintain(pool_id)` every `broker_interval`: that keeps the pool's
+heartbeat alive in the backend however long a task runs, since no task code runs here.
+
+The arbiter learns from each worker's control pipe which tasks it leased and which it
+started, so a worker's death is cleaned up in seconds: its started task fails with WorkerLost
+(or TaskTimeout, or is retried per its policy), its unstarted tasks are released.
+
+Signals: TERM/INT graceful stop (a second one: immediate), QUIT immediate, HUP reload the
+workers, TTIN/TTOU one worker process more/less.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from django.tasks import TaskResultStatus
+from django.tasks.exceptions import TaskResultDoesNotExist
+
+from threadmill.backends.base import AcknowledgeableTaskBackend
+from threadmill.backends.serialization import synthetic_error
+from threadmill.exceptions import TaskTimeout, WorkerLost
+from threadmill.pool import titles
+from threadmill.pool.config import (
+    MAX_BOOT_FAILURES,
+    TIMEOUT_GRACE,
+    WORKER_BOOT_ERROR,
+    PoolConfig,
+)
+from threadmill.pool.control import ControlReader
+from threadmill.pool.process import WorkerProcess
+from threadmill.pool.progress import DrainProgress
+
+logger = logging.getLogger("threadmill.arbiter")
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+@dataclass(eq=False)
+class Worker:
+    """What the arbiter knows of one worker process."""
+
+    pid: int
+    number: int
+    reader: ControlReader
+    worker_id: str
+    spawned_at: float
+    last_seen: float
+    booted: bool = False
+    boot_error: str | None = None
+    leased: set[str] = field(default_factory=set)
+    started: dict[str, float] = field(default_factory=dict)  # task id -> its timeout
+    deadlines: dict[str, float] = field(default_factory=dict)  # task id -> time.monotonic()
+    retiring: bool = False  # leaving (recycled, reloaded, fewer processes): not counted
+    stop_sent_at: float | None = None
+    kill_reason: str | None = None
+    timed_out: str | None = None  # the task whose timeout got the process killed
+
+
+@dataclass(eq=False)
+class _Leftovers:
+    """Tasks a dead worker held that could not be settled yet (the backend was unreachable)."""
+
+    worker: Worker
+    how: str
+    task_ids: list[str]
+
+
+class Arbiter:
+    """Supervise the worker processes of one pool."""
+
+    def __init__(self, config: PoolConfig, backend: AcknowledgeableTaskBackend) -> None:
+        self.config = config
+        self.backend = backend
+        self.pid = os.getpid()
+        self.hostname = socket.gethostname()
+        self.pool_id = f"{self.hostname}:{self.pid}:{secrets.token_hex(4)}"
+        self.target = config.processes
+        self.workers: dict[int, Worker] = {}
+        self.numbers = itertools.count(1)
+        self.signals: deque[int] = deque()
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.exit_code = 0
+        self.halt_reason: str | None = None
+        self.boot_failures = 0
+        self.last_boot_failure_at = 0.0
+        self.spawn_not_before = 0.0
+        self.next_empty_check = 0.0
+        self.leftovers: list[_Leftovers] = []
+        self.next_leftovers_try = 0.0
+        self.progress = DrainProgress(sys.stderr) if config.exit_empty else None
+        self._broker_stop = threading.Event()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the pool until it is stopped; return the exit code."""
+        self._install_signals()
+        titles.set_title(f"arbiter [{self.config.backend_alias}, pool {self.pool_id}]")
+        # The pool's heartbeat exists before the first lease is tied to it.
+        self.backend.maintain(self.pool_id)
+        broker = threading.Thread(target=self._broker, name="broker", daemon=True)
+        broker.start()
+        logger.info(
+            "Pool %s started: %d processes x %d threads, queues %s",
+            self.pool_id,
+            self.target,
+            self.config.threads,
+            ", ".join(self.config.queues),
+        )
+        try:
+            while not (self.stopping and not self.workers):
+                self._wait()
+                self._handle_signals()
+                self._read_control()
+                self._reap()
+                self._kill_overdue()
+                self._settle_leftovers()
+                if not self.stopping:
+                    self._check_empty()
+                if not self.stopping:
+                    self._manage_workers()
+        except BaseException:
+            logger.exception("The arbiter failed; killing its worker processes")
+            self.exit_code = 1
+            self._stop_now("the arbiter failed")
+            self._reap_all()
+            raise
+        finally:
+            self._broker_stop.set()
+            broker.join()
+            self._settle_leftovers(force=True)
+            try:
+                self.backend.forget_pool(self.pool_id)
+            except Exception:
+                logger.exception("Could not drop the heartbeat of pool %s", self.pool_id)
+            if self.progress:
+                self.progress.close()
+        logger.info("Pool %s stopped", self.pool_id)
+        return self.exit_code
+
+    def _wait(self) -> None:
+        """Sleep until a signal, a control message, or the next thing to check."""
+        fds = [self.wake_r] + [w.reader.fd for w in self.workers.values() if not w.reader.closed]
+        readable, _, _ = select.select(fds, [], [], self._next_check())
+        if self.wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+
+    def _next_check(self) -> float:
+        now = time.monotonic()
+        soon = now + 1.0  # heartbeats and graceful timeouts need no finer look than this
+        for worker in self.workers.values():
+            for deadline in worker.deadlines.values():
+                soon = min(soon, deadline + TIMEOUT_GRACE)
+        if self.leftovers:
+            soon = min(soon, self.next_leftovers_try)
+        if len(self.workers) < self.target and not self.stopping:
+            soon = min(soon, self.spawn_not_before)
+        if self.config.exit_empty and not self.stopping:
+            soon = min(soon, self.next_empty_check)
+        return max(0.0, soon - now)
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        # No logging, no locks: just queue it (the wakeup fd wakes the loop).
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:
+                    self._stop_now(f"a second {signal.Signals(sig).name} came")
+                else:
+                    logger.info("%s: stopping gracefully", signal.Signals(sig).name)
+                    self._stop_gracefully()
+            elif sig == signal.SIGQUIT:
+                self._stop_now("SIGQUIT came")
+            elif sig == signal.SIGHUP and not self.stopping:
+                logger.info("SIGHUP: replacing every worker process")
+                for worker in list(self.workers.values()):
+                    if not worker.retiring:
+                        self._stop_worker(worker)
+            elif sig == signal.SIGTTIN and not self.stopping:
+                self.target += 1
+                logger.info("SIGTTIN: %d worker processes", self.target)
+            elif sig == signal.SIGTTOU and not self.stopping:
+                self.target = max(1, self.target - 1)
+                logger.info("SIGTTOU: %d worker processes", self.target)
+            # SIGCHLD only wakes the loop: reaping happens on every turn.
+
+    def _stop_gracefully(self) -> None:
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        for worker in self.workers.values():
+            self._stop_worker(worker)
+
+    def _stop_now(self, reason: str) -> None:
+        logger.warning("Stopping at once: %s", reason)
+        self.stopping = True
+        for worker in self.workers.values():
+            self._kill(worker, f"the pool stopped at once ({reason})")
+
+    def _stop_worker(self, worker: Worker) -> None:
+        """Ask a worker process to finish its running tasks and leave (SIGTERM)."""
+        worker.retiring = True
+        if worker.stop_sent_at is None:
+            worker.stop_sent_at = time.monotonic()
+            _signal(worker.pid, signal.SIGTERM)
+
+    def _kill(self, worker: Worker, reason: str) -> None:
+        if worker.kill_reason is None:
+            worker.kill_reason = reason
+            logger.warning("Killing worker process %s: %s", worker.pid, reason)
+            _signal(worker.pid, signal.SIGKILL)
+
+    # --- control pipes ----------------------------------------------------------------------
+
+    def _read_control(self) -> None:
+        for worker in self.workers.values():
+            self._read(worker)
+
+    def _read(self, worker: Worker) -> None:
+        now = time.monotonic()
+        for message in worker.reader.read():
+            worker.last_seen = now
+            if "leased" in message:
+                worker.leased.update(message["leased"])
+            elif "started" in message:
+                task_id = message["started"]
+                worker.started[task_id] = message["timeout"]
+                worker.deadlines[task_id] = now + message["timeout"]
+            elif "finished" in message:
+                self._forget_task(worker, message["finished"])
+            elif "released" in message:
+                for task_id in message["released"]:
+                    self._forget_task(worker, task_id)
+            elif "booted" in message:
+                worker.booted = True
+                self.boot_failures = 0
+                logger.info("Worker process %s booted", worker.pid)
+            elif "boot_error" in message:
+                worker.boot_error = message["boot_error"]
+            elif "retiring" in message:
+                worker.retiring = True
+
+    @staticmethod
+    def _forget_task(worker: Worker, task_id: str) -> None:
+        worker.leased.discard(task_id)
+        worker.started.pop(task_id, None)
+        worker.deadlines.pop(task_id, None)
+
+    # --- reaping ----------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._bury(worker, status)
+
+    def _reap_all(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._bury(worker, status)
+
+    def _bury(self, worker: Worker, status: int) -> None:
+        """Account for a worker process that is gone: what it held, why, what next."""
+        self._read(worker)  # its last words are still in the pipe
+        worker.reader.close()
+        how = describe_exit(status)
+        if worker.kill_reason:
+            how = f"{how} (by the arbiter: {worker.kill_reason})"
+        expected = worker.stop_sent_at is not None or worker.kill_reason is not None
+        if not worker.booted and not expected and not self.stopping:
+            self._boot_failed(worker, how)
+        elif os.waitstatus_to_exitcode(status) != 0 or worker.leased:
+            logger.error("Worker process %s %s", worker.pid, how)
+        else:
+            logger.info("Worker process %s exited", worker.pid)
+        if worker.leased:
+            self.leftovers.append(_Leftovers(worker, how, sorted(worker.leased)))
+            self.next_leftovers_try = 0.0
+            self._settle_leftovers()
+
+    def _boot_failed(self, worker: Worker, how: str) -> None:
+        reason = worker.boot_error or f"worker process {worker.pid} {how} before it booted"
+        # Workers spawned together before the first failure fail together: count one round.
+        if worker.spawned_at >= self.last_boot_failure_at:
+            self.boot_failures += 1
+        self.last_boot_failure_at = time.monotonic()
+        if self.boot_failures >= MAX_BOOT_FAILURES:
+            logger.error("Worker processes failed to boot %d times; stopping", self.boot_failures)
+            self.halt_reason = reason
+            self.exit_code = WORKER_BOOT_ERROR
+            self._stop_gracefully()
+            return
+        delay = min(0.25 * 2 ** (self.boot_failures - 1), 10.0)
+        self.spawn_not_before = time.monotonic() + delay
+        logger.error(
+            "Worker process %s failed to boot; trying again in %gs:\n%s",
+            worker.pid,
+            delay,
+            reason.rstrip(),
+        )
+
+    def _settle_leftovers(self, force: bool = False) -> None:
+        """Settle or release the tasks of dead workers; retried while the backend is down."""
+        if not self.leftovers or (not force and time.monotonic() < self.next_leftovers_try):
+            return
+        pending, self.leftovers = self.leftovers, []
+        for leftovers in pending:
+            remaining = []
+            for task_id in leftovers.task_ids:
+                try:
+                    self._settle_one(leftovers.worker, leftovers.how, task_id)
+                except Exception:
+                    logger.exception("Could not settle task %s; trying again", task_id)
+                    remaining.append(task_id)
+            if remaining:
+                self.leftovers.append(_Leftovers(leftovers.worker, leftovers.how, remaining))
+        self.next_leftovers_try = time.monotonic() + 1.0
+
+    def _settle_one(self, worker: Worker, how: str, task_id: str) -> None:
+        try:
+            result = self.backend.get_result(task_id)
+        except TaskResultDoesNotExist:
+            return
+        if (
+            result.status != TaskResultStatus.RUNNING
+            or not result.worker_ids
+            or result.worker_ids[-1] != worker.worker_id
+        ):
+            return  # already settled, or leased again by someone else: not ours to touch
+        timeout = worker.started.get(task_id)
+        if task_id == worker.timed_out:
+            error = synthetic_error(
+                TaskTimeout,
+                f"the task ran past its timeout of {timeout:g} seconds and did not stop; "
+                f"worker process {worker.pid} {how}",
+            )
+        elif timeout is not None and worker.timed_out is None:
+            error = synthetic_error(
+                WorkerLost, f"worker process {worker.pid} {how} while running the task"
+            )
+        else:
+            # Never started, or an innocent bystander of another task's timeout kill.
+            self.backend.release(result)
+            logger.info("Released task %s of worker process %s", task_id, worker.pid)
+            return
+        self.backend.settle(result, error)
+        logger.error(
+            "Task %s %s ended: %s", task_id, result.task.module_path, error.traceback.strip()
+        )
+
+    # --- supervision ------------------------------------------------------------------------
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.kill_reason:
+                continue
+            overdue = [i for i, d in worker.deadlines.items() if now > d + TIMEOUT_GRACE]
+            if overdue:
+                worker.timed_out = overdue[0]
+                self._kill(
+                    worker,
+                    f"task {overdue[0]} ran past its timeout of "
+                    f"{worker.started[overdue[0]]:g}s and did not stop",
+                )
+            elif now - worker.last_seen > self.config.heartbeat_timeout:
+                self._kill(
+                    worker,
+                    f"it sent no heartbeat for {now - worker.last_seen:.0f} seconds "
+                    "(stuck, holding the GIL?)",
+                )
+            elif (
+                worker.stop_sent_at is not None
+                and now > worker.stop_sent_at + self.config.graceful_timeout
+            ):
+                self._kill(worker, "it did not stop within --graceful-timeout")
+        if self.stop_deadline is not None and now > self.stop_deadline:
+            for worker in self.workers.values():
+                self._kill(worker, "--graceful-timeout passed")
+
+    def _manage_workers(self) -> None:
+        active = sorted(
+            (w for w in self.workers.values() if not w.retiring), key=lambda w: w.spawned_at
+        )
+        for worker in active[: max(0, len(active) - self.target)]:
+            self._stop_worker(worker)
+        missing = self.target - len(active)
+        if missing <= 0 or time.monotonic() < self.spawn_not_before:
+            return
+        # After a boot failure, probe with one process at a time.
+        for _ in range(1 if self.boot_failures else missing):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        number = next(self.numbers)
+        read_fd, write_fd = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would print our buffered output a second time
+        # Signals stay blocked across the fork until the child has its own handlers, so a
+        # SIGTERM sent to a newborn worker is not swallowed by a copy of our queue.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            raise
+        if pid == 0:
+            # Child side of the fork: never return into the arbiter's loop.
+            try:
+                signal.set_wakeup_fd(-1)
+                for fd in (read_fd, self.wake_r, self.wake_w):
+                    os.close(fd)
+                for other in self.workers.values():
+                    if not other.reader.closed:
+                        os.close(other.reader.fd)
+                WorkerProcess(self.config, self.pool_id, write_fd, self.pid, number).run()
+            finally:
+                os._exit(WORKER_BOOT_ERROR)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        os.close(write_fd)
+        now = time.monotonic()
+        self.workers[pid] = Worker(
+            pid=pid,
+            number=number,
+            reader=ControlReader(read_fd),
+            worker_id=f"{self.hostname}:{pid}:fetcher",
+            spawned_at=now,
+            last_seen=now,
+        )
+        logger.info("Spawned worker process %s", pid)
+
+    def _check_empty(self) -> None:
+        if not self.config.exit_empty or time.monotonic() < self.next_empty_check:
+            return
+        self.next_empty_check = time.monotonic() + min(self.backend.broker_interval, 1.0)
+        try:
+            counts = self.backend.count_pending(*self.config.queues)
+        except Exception:
+            logger.exception("Could not count the pending tasks")
+            return
+        left = counts["ready"] + counts["running"]
+        if self.progress:
+            self.progress.update(left)
+        if left == 0:
+            logger.info("--exit-empty: no task is ready or running; stopping")
+            self._stop_gracefully()
+
+    def _broker(self) -> None:
+        # Runs beside the loop, so that a slow backend call never delays reaping a worker.
+        while not self._broker_stop.wait(self.backend.broker_interval):
+            try:
+                self.backend.maintain(self.pool_id)
+            except Exception:
+                logger.exception("Maintenance of pool %s failed", self.pool_id)
+
+
+def describe_exit(status: int) -> str:
+    """Say how a process ended, from its wait status: a signal's name or an exit code."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already dead: the reaper will see it
+        os.kill(pid, sig)

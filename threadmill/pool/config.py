@@ -1,0 +1,39 @@
+"""What one pool was asked to do: the parsed and validated flags of `manage.py threadmill`."""
+
+from dataclasses import dataclass
+
+# Seconds between two heartbeats of a worker process to its arbiter.
+HEARTBEAT_INTERVAL = 1.0
+
+# Seconds a task may overrun its timeout after the exception raised in its thread, before the
+# arbiter kills its worker process (the task is stuck in C, where the exception cannot land).
+TIMEOUT_GRACE = 2.0
+
+# Seconds an idle fetcher blocks (server-side) for new tasks before it looks at its flags again;
+# a graceful stop waits at most this long for the lease call in flight.
+FETCH_TIMEOUT = 1.0
+
+# Exit code of a worker process that could not boot, and of a pool that gave up booting them.
+WORKER_BOOT_ERROR = 3
+
+# Consecutive boot failures after which the pool stops instead of spawning again.
+MAX_BOOT_FAILURES = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """Flags of one pool; durations in seconds, memory in bytes."""
+
+    backend_alias: str = "default"
+    queues: tuple[str, ...] = ("default",)
+    processes: int = 1
+    threads: int = 1
+    prefetch: int = 0
+    max_tasks: int | None = None
+    max_tasks_jitter: int = 0
+    max_memory: int | None = None
+    timeout: float | None = None
+    graceful_timeout: float = 30.0
+    heartbeat_timeout: float = 30.0
+    exit_empty: bool = False
+    log_format: str = "text"
