@@ -1,0 +1,585 @@
+"""A durable task backend on a Django database: SQLite embedded, PostgreSQL for production.
+
+Guarantees
+- An enqueue is one INSERT: the task is stored whole or not at all. Inside the caller's
+  transaction it commits (or rolls back) with the caller's own writes.
+- Pending work (ready, scheduled, running) never expires; only a finished result does,
+  `result_ttl` after it finished (trimmed by `maintain`).
+- Delivery is at least once. A lease ends by acknowledgement, retry or release, or when it
+  expires (`lease_ttl`; a live pool's heartbeat renews its leases) or its pool's heartbeat stops
+  (`pool_ttl`); a late acknowledgement from a former holder is refused and logged, never
+  written. Every end of a lease is a compare-and-set on the lease token
+  (attempts, worker id), so two parties can never both settle one attempt.
+- Order: higher priority first, then first due first, within a queue (a scheduled or retried
+  task takes its place in line when it falls due); several queues are served round-robin,
+  so a busy queue never starves another.
+- The payload (args, kwargs) and the return value are stored as the exact text
+  `serialization` produced and are never rewritten.
+- Only a `django.tasks.Task` named by a payload is ever returned by `acquire`; a payload naming
+  anything else fails with `InvalidTaskPath` and nothing of it runs.
+
+Limits
+- Times come from the clock of each calling machine; keep the clocks in sync (NTP).
+- SQLite serializes writers: fine for a handful of worker processes on one machine, not for
+  many machines (use PostgreSQL). WAL mode is switched on for the database on first use.
+- An idle acquire on SQLite polls (a cheap `PRAGMA data_version` check, backing off to
+  0.1 s); on PostgreSQL it sleeps on LISTEN/NOTIFY.
+"""
+
+import itertools
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from math import ceil
+from time import monotonic
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core import checks
+from django.db import connections
+from django.db.models import Case, Count, F, Min, Q, QuerySet, Value, When
+from django.db.models.functions import Coalesce, Concat, Length, Substr
+from django.tasks import TaskResult, TaskResultStatus
+from django.tasks.base import TaskError
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from threadmill.backends.base import COMMON_OPTIONS, AcknowledgeableTaskBackend
+from threadmill.backends.database import vendors
+from threadmill.backends.serialization import (
+    StoredTask,
+    encode_errors,
+    encode_payload,
+    encode_return_value,
+    encode_worker_ids,
+    synthetic_error,
+    to_task_result,
+)
+from threadmill.exceptions import AcknowledgementTimeout, InvalidTaskPath
+from threadmill.tasks import Task
+
+logger = logging.getLogger("threadmill.backends.database")
+
+READY = TaskResultStatus.READY.value
+RUNNING = TaskResultStatus.RUNNING.value
+FINISHED = (TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.FAILED.value)
+
+# How long an idle acquire waits at most before it looks at the table again anyway.
+LONGEST_WAIT = 30.0
+
+
+def _models():
+    # The models import late: backends are built while settings load, before apps are ready.
+    from threadmill.models import PoolHeartbeat, TaskRecord
+
+    return TaskRecord, PoolHeartbeat
+
+
+class DatabaseTaskBackend(AcknowledgeableTaskBackend):
+    """Tasks in a table of the database `OPTIONS["database"]` (a DATABASES alias)."""
+
+    known_options = {**COMMON_OPTIONS, "database": ("default", "alias")}
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.database: str = self.settings["database"]
+        self._rotation = itertools.count()
+        self._local = threading.local()  # a waiter per thread: it owns a connection
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def connection(self):
+        """This thread's connection to the backend's database, ready for use."""
+        connection = connections[self.database]
+        vendors.prepare(connection)
+        return connection
+
+    def _tasks(self) -> QuerySet:
+        TaskRecord, _ = _models()
+        return TaskRecord.objects.using(self.database).filter(backend=self.alias)
+
+    def _pools(self) -> QuerySet:
+        _, PoolHeartbeat = _models()
+        return PoolHeartbeat.objects.using(self.database).filter(backend=self.alias)
+
+    def _write[T](self, operation: Callable[[], T]) -> T:
+        """Run a write, riding out SQLite's lock waits when outside the caller's transaction."""
+        return vendors.retrying_when_locked(self.connection, operation)
+
+    def _queues(self, queue_names: tuple[str, ...]) -> list[str]:
+        if not queue_names:
+            return sorted(self.queues)
+        unknown = [name for name in queue_names if name not in self.queues]
+        if unknown:
+            raise ValueError(f"Unknown queue(s) {unknown} for backend {self.alias!r}.")
+        return list(dict.fromkeys(queue_names))
+
+    def _to_result(self, record) -> TaskResult:
+        """Build the TaskResult a row stands for (raises InvalidTaskPath for a bad payload)."""
+        stored = StoredTask(
+            id=record.result_id,
+            payload=record.payload.encode(),
+            status=record.status,
+            worker_ids=record.worker_ids.encode(),
+            errors=record.errors.encode(),
+            return_value=None if record.return_value is None else record.return_value.encode(),
+        )
+        try:
+            result = to_task_result(stored, self.alias)
+        except (ValueError, KeyError, TypeError) as error:  # JSON that is no payload
+            raise InvalidTaskPath(f"Unreadable payload: {error!r}") from error
+        # The row's times as they are: going through seconds since the epoch could round them.
+        for name in ("enqueued_at", "started_at", "last_attempted_at", "finished_at"):
+            object.__setattr__(result, name, getattr(record, name))
+        return result
+
+    # --- enqueue and read -------------------------------------------------------------------
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        TaskRecord, _ = _models()
+        now = timezone.now()
+        payload = encode_payload(task, args, kwargs)
+        record = TaskRecord(
+            result_id=get_random_string(32),
+            backend=self.alias,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            status=READY,
+            payload=payload.decode(),
+            enqueued_at=now,
+            due_at=task.run_after or now,
+        )
+        # One INSERT, so no read-then-write transaction: SQLite's busy timeout applies.
+        self._write(lambda: record.save(using=self.database, force_insert=True))
+        result = TaskResult(
+            task=task,
+            id=record.result_id,
+            status=TaskResultStatus.READY,
+            enqueued_at=now,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        record = self._tasks().filter(result_id=result_id).first()
+        if record is None:
+            raise TaskResultDoesNotExist(result_id)
+        return self._to_result(record)
+
+    # --- leasing ----------------------------------------------------------------------------
+
+    def acquire_many(
+        self,
+        *queue_names: str,
+        count: int,
+        timeout: float | None = None,
+        worker_id: str | None = None,
+        pool_id: str | None = None,
+    ) -> list[TaskResult]:
+        queues = self._queues(queue_names)
+        worker_id = worker_id or f"anonymous:{get_random_string(8)}"
+        deadline = None if timeout is None else monotonic() + timeout
+        waiter = self._waiter()
+        # Armed before the first look, so news arriving between the look and the wait is kept.
+        waiter.arm({f"{self.alias}/{name}" for name in queues})
+        while True:
+            leased, next_due = self._lease(queues, count, worker_id, pool_id)
+            if leased:
+                return leased
+            wait = LONGEST_WAIT if deadline is None else deadline - monotonic()
+            if next_due is not None:  # a scheduled task falls due: wake up for it
+                until_due = (next_due - timezone.now()).total_seconds() + 0.001
+                wait = min(wait, max(until_due, 0.001))
+            if wait <= 0:
+                return []
+            waiter.wait(min(wait, LONGEST_WAIT))
+
+    def _waiter(self) -> vendors.Waiter:
+        waiter = getattr(self._local, "waiter", None)
+        if waiter is None:
+            waiter = self._local.waiter = vendors.waiter_for(self.database)
+        return waiter
+
+    def _lease(
+        self, queues: list[str], count: int, worker_id: str, pool_id: str | None
+    ) -> tuple[list[TaskResult], datetime | None]:
+        """Lease up to `count` due tasks; return them, or none and when the next falls due."""
+        connection = self.connection
+        now = timezone.now()
+        due = self._tasks().filter(queue_name__in=queues, status=READY)
+        if connection.vendor == "sqlite" and not due.filter(due_at__lte=now).exists():
+            # A read needs no lock: an idle SQLite poller never takes the write lock.
+            return [], self._next_due(due, now)
+
+        def lease() -> list[TaskResult]:
+            with vendors.write_transaction(self.connection):
+                return self._lease_in_transaction(queues, count, worker_id, pool_id, now)
+
+        leased = self._write(lease)
+        return leased, (None if leased else self._next_due(due, now))
+
+    def _next_due(self, due: QuerySet, now: datetime) -> datetime | None:
+        return due.filter(due_at__gt=now).aggregate(next=Min("due_at"))["next"]
+
+    def _lease_in_transaction(
+        self, queues: list[str], count: int, worker_id: str, pool_id: str | None, now: datetime
+    ) -> list[TaskResult]:
+        TaskRecord, _ = _models()
+        records = self._pick(queues, count, now)
+        leased, refused = [], []
+        worker_json = encode_worker_ids([worker_id]).decode()[1:-1]
+        lease_expires_at = now + timedelta(seconds=self.lease_ttl)
+        for record in records:
+            # The row as the UPDATE below leaves it, to build the TaskResult from.
+            record.status = RUNNING
+            record.attempts += 1
+            record.worker_id = worker_id
+            record.worker_ids = _append_json(record.worker_ids, worker_json)
+            record.prior_attempted_at = record.last_attempted_at
+            record.last_attempted_at = now
+            record.started_at = record.started_at or now
+            try:
+                leased.append((record, self._to_result(record)))
+            except InvalidTaskPath as error:
+                refused.append((record, error))
+        if leased:
+            TaskRecord.objects.using(self.database).filter(
+                seq__in=[record.seq for record, _ in leased]
+            ).update(
+                status=RUNNING,
+                attempts=F("attempts") + 1,
+                worker_id=worker_id,
+                worker_ids=Case(
+                    When(worker_ids="[]", then=Value(f"[{worker_json}]")),
+                    default=Concat(
+                        Substr("worker_ids", 1, Length("worker_ids") - 1),
+                        Value(f",{worker_json}]"),
+                    ),
+                ),
+                prior_attempted_at=F("last_attempted_at"),
+                last_attempted_at=now,
+                started_at=Coalesce(F("started_at"), Value(now)),
+                pool_id=pool_id,
+                lease_expires_at=lease_expires_at,
+            )
+        for record, error in refused:
+            self._refuse(record, error, now)
+        # The batch in the order it is best run: by priority, then by turn.
+        leased.sort(key=lambda pair: (-pair[0].priority, pair[0].due_at, pair[0].seq))
+        return [result for _, result in leased]
+
+    def _pick(self, queues: list[str], count: int, now: datetime) -> list:
+        """Lock up to `count` due rows, shared fairly among the queues (in rotating order)."""
+        start = next(self._rotation) % len(queues)
+        active = queues[start:] + queues[:start]
+        picked: list = []
+        taken: dict[str, list[int]] = {name: [] for name in queues}
+        # Each queue gets an equal share of what is left; what a short queue leaves over goes
+        # to the queues that filled their share, in further rounds.
+        while len(picked) < count and active:
+            full = []
+            for position, name in enumerate(active):
+                share = ceil((count - len(picked)) / (len(active) - position))
+                rows = list(self._candidates(name, now, taken[name])[:share])
+                picked.extend(rows)
+                taken[name].extend(row.seq for row in rows)
+                if len(rows) == share:
+                    full.append(name)
+                if len(picked) >= count:
+                    break
+            active = full
+        return picked
+
+    def _candidates(self, queue_name: str, now: datetime, taken: list[int]) -> QuerySet:
+        rows = (
+            self._tasks()
+            .filter(queue_name=queue_name, status=READY, due_at__lte=now)
+            .order_by("-priority", "due_at", "seq")
+        )
+        if taken:  # rows this transaction locked already (SKIP LOCKED skips others' only)
+            rows = rows.exclude(seq__in=taken)
+        # SQLite has no row locks (its write lock is held already); PostgreSQL skips rows
+        # other transactions are leasing right now, instead of waiting for them.
+        return rows.select_for_update(skip_locked=True)
+
+    def _refuse(self, record, error: InvalidTaskPath, now: datetime) -> None:
+        """Fail a task whose payload names no Task; nothing of it is run."""
+        logger.error("Task %s refused: %s", record.result_id, error)
+        errors = [TaskError(**e) for e in json.loads(record.errors)]
+        errors.append(synthetic_error(InvalidTaskPath, str(error)))
+        TaskRecord, _ = _models()
+        TaskRecord.objects.using(self.database).filter(seq=record.seq).update(
+            status=TaskResultStatus.FAILED.value,
+            finished_at=now,
+            errors=encode_errors(errors).decode(),
+            lease_expires_at=None,
+            pool_id=None,
+            settled_by_holder=False,
+        )
+
+    # --- ending a lease ---------------------------------------------------------------------
+
+    def _leased_by(self, task_result: TaskResult) -> QuerySet:
+        """The task's row if `task_result`'s lease still holds (the compare of compare-and-set)."""
+        if not task_result.worker_ids:
+            raise ValueError(f"Task {task_result.id} is not leased: it has no attempt.")
+        return self._tasks().filter(
+            result_id=task_result.id,
+            status=RUNNING,
+            attempts=len(task_result.worker_ids),
+            worker_id=task_result.worker_ids[-1],
+        )
+
+    def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
+        if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+            raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
+        return_value = None
+        if task_result.status == TaskResultStatus.SUCCESSFUL:
+            return_value = encode_return_value(task_result._return_value).decode()
+        leased = self._leased_by(task_result)
+        updated = self._write(
+            lambda: leased.update(
+                status=task_result.status.value,
+                finished_at=task_result.finished_at or timezone.now(),
+                errors=encode_errors(task_result.errors).decode(),
+                return_value=return_value,
+                lease_expires_at=None,
+                pool_id=None,
+                settled_by_holder=by_holder,
+            )
+        )
+        if updated:
+            return True
+        if by_holder and self._tasks().filter(
+            result_id=task_result.id,
+            status__in=FINISHED,
+            attempts=len(task_result.worker_ids),
+            worker_id=task_result.worker_ids[-1],
+            settled_by_holder=True,
+        ):
+            return True  # this holder's repeated call (its first reply was lost)
+        logger.warning(
+            "Late result of task %s discarded: its lease (attempt %s by %s) had ended; "
+            "the recorded status %s stands",
+            task_result.id,
+            len(task_result.worker_ids),
+            task_result.worker_ids[-1],
+            self._status_of(task_result.id),
+        )
+        return False
+
+    def release(self, task_result: TaskResult) -> bool:
+        leased = self._leased_by(task_result)
+        before = task_result.worker_ids[:-1]
+        released = self._write(
+            lambda: leased.update(
+                status=READY,
+                attempts=F("attempts") - 1,
+                worker_id=before[-1] if before else None,
+                worker_ids=encode_worker_ids(before).decode(),
+                last_attempted_at=F("prior_attempted_at"),
+                prior_attempted_at=None,
+                started_at=Case(When(attempts=1, then=None), default=F("started_at")),
+                lease_expires_at=None,
+                pool_id=None,
+            )
+        )
+        if not released:
+            logger.warning("Task %s not released: its lease had ended", task_result.id)
+        return bool(released)
+
+    def retry(self, task_result: TaskResult, run_after: datetime) -> bool:
+        leased = self._leased_by(task_result)
+        retried = self._write(
+            lambda: leased.update(
+                status=READY,
+                due_at=run_after,
+                errors=encode_errors(task_result.errors).decode(),
+                finished_at=None,
+                return_value=None,
+                lease_expires_at=None,
+                pool_id=None,
+            )
+        )
+        if not retried:
+            logger.warning("Task %s not retried: its lease had ended", task_result.id)
+        return bool(retried)
+
+    def _status_of(self, result_id: str) -> str:
+        status = self._tasks().filter(result_id=result_id).values_list("status", flat=True)
+        return next(iter(status), "(trimmed)")
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+        report = {"promoted": 0, "settled": 0, "trimmed": 0}
+        if pool_id:
+            self._write(lambda: self._heartbeat(pool_id))
+        # Scheduled tasks need no promotion here: a row is leasable as soon as due_at passes.
+        report["settled"] = self._settle_orphans()
+        report["trimmed"] = self._trim()
+        return report
+
+    def _heartbeat(self, pool_id: str) -> None:
+        """Keep the pool alive, and with it its leases (even of tasks waiting in its buffers)."""
+        _, PoolHeartbeat = _models()
+        now = timezone.now()
+        PoolHeartbeat.objects.using(self.database).bulk_create(
+            [
+                PoolHeartbeat(
+                    backend=self.alias,
+                    pool_id=pool_id,
+                    expires_at=now + timedelta(seconds=self.pool_ttl),
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["backend", "pool_id"],
+            update_fields=["expires_at"],
+        )
+        self._tasks().filter(status=RUNNING, pool_id=pool_id).update(
+            lease_expires_at=now + timedelta(seconds=self.lease_ttl)
+        )
+
+    def _settle_orphans(self) -> int:
+        """Settle leases that expired or whose pool died, a batch per transaction."""
+        settled = 0
+        while True:
+            done, found = self._write(self._settle_orphan_batch)
+            settled += done
+            if found < self.batch_size or not done:
+                break
+        now = timezone.now()
+        running_pools = self._tasks().filter(status=RUNNING, pool_id__isnull=False)
+        self._write(
+            lambda: (
+                self._pools()
+                .filter(expires_at__lt=now)
+                .exclude(pool_id__in=running_pools.values("pool_id"))
+                .delete()
+            )
+        )
+        return settled
+
+    def _settle_orphan_batch(self) -> tuple[int, int]:
+        with vendors.write_transaction(self.connection):
+            now = timezone.now()
+            dead_pools = self._pools().filter(expires_at__lt=now).values("pool_id")
+            orphans = list(
+                self._tasks()
+                .filter(status=RUNNING)
+                .filter(Q(lease_expires_at__lt=now) | Q(pool_id__in=dead_pools))
+                .order_by("seq")
+                .select_for_update(skip_locked=True)[: self.batch_size]
+            )
+            dead = set(self._pools().filter(expires_at__lt=now).values_list("pool_id", flat=True))
+            settled = 0
+            for record in orphans:
+                if record.pool_id in dead:
+                    message = (
+                        f"pool {record.pool_id} stopped sending heartbeats while attempt "
+                        f"{record.attempts} ran"
+                    )
+                else:
+                    message = (
+                        f"the lease of attempt {record.attempts} by {record.worker_id} expired"
+                    )
+                logger.warning("Task %s orphaned: %s", record.result_id, message)
+                try:
+                    task_result = self._to_result(record)
+                except InvalidTaskPath as error:
+                    self._refuse(record, error, now)
+                    settled += 1
+                    continue
+                error = synthetic_error(AcknowledgementTimeout, message)
+                settled += self.settle(task_result, error)
+            return settled, len(orphans)
+
+    def _trim(self) -> int:
+        """Delete finished results older than result_ttl, batch_size rows per statement."""
+        TaskRecord, _ = _models()
+        cutoff = timezone.now() - timedelta(seconds=self.result_ttl)
+        expired = self._tasks().filter(status__in=FINISHED, finished_at__lt=cutoff)
+        trimmed = 0
+        while True:
+            batch = expired.order_by("finished_at").values("seq")[: self.batch_size]
+            deleted, _ = self._write(
+                lambda batch=batch: (
+                    TaskRecord.objects.using(self.database).filter(seq__in=batch).delete()
+                )
+            )
+            trimmed += deleted
+            if deleted < self.batch_size:
+                return trimmed
+
+    def forget_pool(self, pool_id: str) -> None:
+        self._write(lambda: self._pools().filter(pool_id=pool_id).delete())
+
+    def count_pending(self, *queue_names: str) -> dict[str, int]:
+        now = timezone.now()
+        return (
+            self._tasks()
+            .filter(queue_name__in=self._queues(queue_names))
+            .aggregate(
+                ready=Count("seq", filter=Q(status=READY, due_at__lte=now)),
+                scheduled=Count("seq", filter=Q(status=READY, due_at__gt=now)),
+                running=Count("seq", filter=Q(status=RUNNING)),
+            )
+        )
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> Iterator[checks.CheckMessage]:
+        yield from super().check(**kwargs)
+        database = self.database
+        if not isinstance(database, str) or database not in settings.DATABASES:
+            yield checks.Error(
+                f"TASKS[{self.alias!r}]['OPTIONS']['database'] is {database!r}, "
+                "which is not an alias of DATABASES.",
+                hint=f"Use one of: {', '.join(map(repr, settings.DATABASES))}.",
+                obj=self.alias,
+                id="threadmill.E010",
+            )
+            return
+        if not apps.is_installed("threadmill"):
+            yield checks.Error(
+                "The database task backend keeps its tasks in the tables of the threadmill app.",
+                hint="Add 'threadmill' to INSTALLED_APPS, then run manage.py migrate.",
+                obj=self.alias,
+                id="threadmill.E011",
+            )
+        connection = connections[database]
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            yield checks.Error(
+                f"DATABASES[{database!r}] is an in-memory SQLite database, which worker "
+                "processes cannot share.",
+                hint="Give the database a file NAME.",
+                obj=self.alias,
+                id="threadmill.E012",
+            )
+        elif connection.vendor not in ("sqlite", "postgresql"):
+            yield checks.Warning(
+                f"The database task backend is tested on SQLite and PostgreSQL, "
+                f"not on {connection.vendor}; idle workers will poll.",
+                obj=self.alias,
+                id="threadmill.W010",
+            )
+
+
+def _append_json(array: str, element: str) -> str:
+    """Append an encoded element to a compact JSON array, as the leasing UPDATE does in SQL."""
+    return f"[{element}]" if array == "[]" else f"{array[:-1]},{element}]"

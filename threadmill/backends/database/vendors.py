@@ -1,0 +1,202 @@
+"""What differs between SQLite and PostgreSQL: write transactions, lock waits, idle waiting.
+
+SQLite has one writer at a time. A transaction that reads first and writes later can find the
+lock taken and fail at once ("database is locked"), whatever the busy timeout; so every
+read-then-write transaction here starts with BEGIN IMMEDIATE, which takes the write lock up
+front and waits for it. The database runs in WAL mode so readers never block the writer.
+
+PostgreSQL wakes idle waiters with LISTEN/NOTIFY: a trigger (migration 0002) notifies channel
+`threadmill` with "<backend alias>/<queue name>" whenever a task becomes READY.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from django.db import OperationalError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger("threadmill.backends.database")
+
+CHANNEL = "threadmill"
+
+# How long an operation outside the caller's transaction keeps retrying a locked SQLite
+# database (each try already waits the connection's busy timeout) before giving up.
+LOCKED_PATIENCE = 120.0
+
+# The idle poll of SQLite: it checks `PRAGMA data_version` (no table is read), first every
+# POLL_FIRST seconds, doubling up to POLL_LONGEST, so an idle worker costs next to nothing.
+POLL_FIRST = 0.002
+POLL_LONGEST = 0.1
+
+# A LISTEN wait is cut into slices this long, as a safety net should a notification be lost
+# (the listening connection was re-opened, say); a slice ending just means another look.
+LONGEST_LISTEN = 30.0
+
+
+@contextmanager
+def write_transaction(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """Run a block in a transaction that, on SQLite, holds the write lock from its start."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        # Inside the caller's transaction its mode stands; PostgreSQL needs nothing special.
+        with transaction.atomic(using=connection.alias):
+            yield
+        return
+    connection.ensure_connection()  # connecting resets transaction_mode from the settings
+    previous = connection.transaction_mode
+    connection.transaction_mode = "IMMEDIATE"
+    try:
+        with transaction.atomic(using=connection.alias):
+            connection.transaction_mode = previous  # BEGIN IMMEDIATE was sent
+            yield
+    finally:
+        connection.transaction_mode = previous
+
+
+def retrying_when_locked[T](connection: BaseDatabaseWrapper, operation: Callable[[], T]) -> T:
+    """Run `operation`, trying again while SQLite reports the database locked or busy.
+
+    Inside the caller's transaction nothing can be retried (the transaction is spoiled), so
+    the error goes to the caller there.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return operation()
+    deadline = time.monotonic() + LOCKED_PATIENCE
+    delay = 0.005
+    while True:
+        try:
+            return operation()
+        except OperationalError as error:
+            message = str(error)
+            if ("locked" not in message and "busy" not in message) or (time.monotonic() > deadline):
+                raise
+            logger.debug("SQLite database busy (%s); trying again in %.3fs", message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+_wal_databases: set[str] = set()
+
+
+def prepare(connection: BaseDatabaseWrapper) -> None:
+    """Put a SQLite database in WAL mode, once per process (the mode is kept in the file)."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return
+    name = str(connection.settings_dict["NAME"])
+    if name in _wal_databases or connection.is_in_memory_db():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        mode = cursor.fetchone()[0]
+    if mode != "wal":
+        logger.warning("SQLite database %s stays in journal mode %s, not WAL", name, mode)
+    _wal_databases.add(name)
+
+
+class Waiter:
+    """Sleeps until the database may hold news for an idle acquire."""
+
+    def arm(self, wanted: set[str]) -> None:
+        """Start watching for `wanted` ("<alias>/<queue>"); call before looking for tasks."""
+
+    def wait(self, seconds: float) -> None:
+        """Return after `seconds`, or earlier when something may have changed."""
+        time.sleep(seconds)
+
+
+class PollingWaiter(Waiter):
+    """SQLite (and any other vendor): a poll that backs off, cheap on SQLite."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.interval = POLL_FIRST
+        self.version: Any = None
+
+    def arm(self, wanted: set[str]) -> None:
+        self.interval = POLL_FIRST
+        self.version = self._version()
+
+    def wait(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(self.interval, left))
+            self.interval = min(self.interval * 2, POLL_LONGEST)
+            version = self._version()
+            if version != self.version:
+                self.version = version
+                return
+
+    def _version(self) -> Any:
+        connection = connections[self.database]  # this thread's
+        if connection.vendor != "sqlite":
+            return None
+        # data_version changes whenever another connection committed to the database.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA data_version")
+            return cursor.fetchone()[0]
+
+
+class NotificationWaiter(Waiter):
+    """PostgreSQL: LISTEN on a connection of its own, opened in the process that waits."""
+
+    # Connections inherited across a fork share their socket with the parent: closing one in
+    # the child would end the parent's session, so the child just keeps them from the GC.
+    _inherited: list[Any] = []
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.listener: Any = None
+        self.pid = 0
+        self.wanted: set[str] = set()
+
+    def arm(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        try:
+            if self.listener is None or self.listener.closed or self.pid != os.getpid():
+                self._listen()
+            # Old notifications say nothing about now: the caller looks at the table next.
+            for _ in self.listener.notifies(timeout=0):
+                pass
+        except Exception as error:  # the caller falls back on a short sleep
+            logger.warning("Cannot LISTEN for new tasks (%s); polling instead", error)
+            self._drop()
+
+    def wait(self, seconds: float) -> None:
+        if self.listener is None:
+            time.sleep(min(seconds, 1.0))
+            return
+        try:
+            for notify in self.listener.notifies(timeout=min(seconds, LONGEST_LISTEN)):
+                if notify.payload in self.wanted:
+                    return
+        except Exception as error:
+            logger.warning("Lost the LISTEN connection (%s)", error)
+            self._drop()  # the next arm() opens a new one; the caller looks again meanwhile
+
+    def _listen(self) -> None:
+        import psycopg
+
+        self._drop()
+        params = connections[self.database].get_connection_params()
+        listener = psycopg.connect(**params, autocommit=True)
+        listener.execute(f"LISTEN {CHANNEL}")
+        self.listener, self.pid = listener, os.getpid()
+
+    def _drop(self) -> None:
+        if self.listener is not None:
+            if self.pid == os.getpid():
+                with suppress(Exception):
+                    self.listener.close()
+            else:
+                self._inherited.append(self.listener)
+        self.listener = None
+
+
+def waiter_for(database: str) -> Waiter:
+    """A waiter for the database alias `database`; use it in one thread only."""
+    if connections[database].vendor == "postgresql":
+        return NotificationWaiter(database)
+    return PollingWaiter(database)
