@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -7,7 +8,7 @@ from tests.servers import RedisServer
 
 # Every kind of backend the contract suite runs against; each has a `<kind>_tasks_setting`
 # fixture below (or in a conftest near its tests) returning a TASKS setting.
-BACKEND_KINDS = ["redis", "redis_cluster"]
+BACKEND_KINDS = ["redis", "redis_cluster", "sqlite", "postgres"]
 
 QUEUES = ["default", "high", "low"]
 
@@ -60,3 +61,77 @@ def redis_cluster():
 @pytest.fixture
 def redis_cluster_tasks_setting(redis_cluster, key_prefix):
     return redis_tasks_setting_for(redis_cluster.url, key_prefix, cluster=True)
+
+
+# --- the database backend ----------------------------------------------------------------
+# The SQLite database is the "default" alias (a file in this session's own directory); the
+# PostgreSQL one is the "postgres" alias, whose server the session starts on first use. The
+# tests reach them outside pytest-django's test databases, so processes they start (pools)
+# open the very same databases; each test begins with empty tables instead.
+
+
+def database_tasks_setting_for(database: str, **options) -> dict:
+    return {
+        "default": {
+            "BACKEND": "threadmill.backends.database.DatabaseTaskBackend",
+            "QUEUES": QUEUES,
+            "OPTIONS": {"database": database, **options},
+        }
+    }
+
+
+def _migrated(database: str, django_db_blocker) -> str:
+    from django.core.management import call_command
+
+    with django_db_blocker.unblock():
+        call_command("migrate", "threadmill", database=database, verbosity=0)
+    return database
+
+
+def _emptied(database: str) -> None:
+    from threadmill.models import PoolHeartbeat, TaskRecord
+
+    TaskRecord.objects.using(database).all().delete()
+    PoolHeartbeat.objects.using(database).all().delete()
+
+
+@pytest.fixture(scope="session")
+def sqlite_database(django_db_blocker) -> str:
+    """The DATABASES alias of the session's SQLite database, migrated."""
+    return _migrated("default", django_db_blocker)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.servers import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server, django_db_blocker) -> str:
+    """The DATABASES alias of the session's PostgreSQL database, migrated."""
+    from django.conf import settings as django_settings
+    from django.db import connections
+
+    # Django's connection handler shares these dicts; update every copy that may exist.
+    for entry in (django_settings.DATABASES["postgres"], connections["postgres"].settings_dict):
+        entry.update(postgres_server.settings)
+    os.environ["THREADMILL_TEST_POSTGRES_PORT"] = str(postgres_server.port)
+    return _migrated("postgres", django_db_blocker)
+
+
+@pytest.fixture
+def sqlite_tasks_setting(sqlite_database, django_db_blocker):
+    with django_db_blocker.unblock():
+        _emptied(sqlite_database)
+        yield database_tasks_setting_for(sqlite_database)
+
+
+@pytest.fixture
+def postgres_tasks_setting(postgres_database, django_db_blocker):
+    with django_db_blocker.unblock():
+        _emptied(postgres_database)
+        yield database_tasks_setting_for(postgres_database)

@@ -1,6 +1,7 @@
 """Backend-specific ways for the contract suite to reach under a backend's API."""
 
 from threadmill.backends.base import AcknowledgeableTaskBackend
+from threadmill.backends.database import DatabaseTaskBackend
 
 
 def rewrite_payload(backend: AcknowledgeableTaskBackend, task_id: str, payload: bytes) -> None:
@@ -9,6 +10,9 @@ def rewrite_payload(backend: AcknowledgeableTaskBackend, task_id: str, payload: 
 
     if isinstance(backend, RedisTaskBackend):
         backend.client.hset(backend.key("tasks"), f"{task_id}.payload", payload)
+        return
+    if isinstance(backend, DatabaseTaskBackend):
+        backend._tasks().filter(result_id=task_id).update(payload=payload.decode())
         return
     raise NotImplementedError(f"no way to rewrite a payload of {type(backend).__name__}")
 
@@ -19,6 +23,8 @@ def stored_status(backend: AcknowledgeableTaskBackend, task_id: str) -> str:
 
     if isinstance(backend, RedisTaskBackend):
         return backend.client.hget(backend.key("tasks"), f"{task_id}.status").decode()
+    if isinstance(backend, DatabaseTaskBackend):
+        return backend._tasks().values_list("status", flat=True).get(result_id=task_id)
     raise NotImplementedError(f"no way to read a status of {type(backend).__name__}")
 
 
