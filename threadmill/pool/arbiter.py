@@ -3,8 +3,14 @@
 It never runs task code. Its signal handlers only queue the signal; one loop does the work:
 wait, handle the queued signals, read the control pipes, reap dead workers (settling or
 releasing what they held), kill stuck ones, spawn to the wanted number. Besides that loop, the
-*broker thread* calls `backend.maintain(pool_id)` every `broker_interval`: that keeps the pool's
-heartbeat alive in the backend however long a task runs, since no task code runs here.
+*broker thread* calls `backend.maintain(pool_id)` every `broker_interval`: that keeps the
+heartbeats alive in the backend however long a task runs, since no task code runs here.
+
+Each worker process leases under a pool id of its own (`<pool id>:<number>`), whose heartbeat
+the broker thread keeps. When a worker dies, the arbiter settles what it knew the worker held
+and then drops that pool id: a lease the worker took but had no time to report (killed between
+the backend's reply and its control message) is then settled by the next maintenance pass,
+instead of staying RUNNING as long as the pool lives.
 
 The arbiter learns from each worker's control pipe which tasks it leased and which it
 started, so a worker's death is cleaned up in seconds: its started task fails with WorkerLost
@@ -66,6 +72,7 @@ class Worker:
     number: int
     reader: ControlReader
     worker_id: str
+    pool_id: str
     spawned_at: float
     last_seen: float
     booted: bool = False
@@ -113,6 +120,10 @@ class Arbiter:
         self.next_leftovers_try = 0.0
         self.progress = DrainProgress(sys.stderr) if config.exit_empty else None
         self._broker_stop = threading.Event()
+        # The pool ids whose heartbeat the broker thread keeps. The lock is held across each
+        # maintain() call, so a pool id dropped by the loop is never revived by the broker.
+        self.pools_lock = threading.Lock()
+        self.live_pools: set[str] = set()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -120,8 +131,6 @@ class Arbiter:
         """Run the pool until it is stopped; return the exit code."""
         self._install_signals()
         titles.set_title(f"arbiter [{self.config.backend_alias}, pool {self.pool_id}]")
-        # The pool's heartbeat exists before the first lease is tied to it.
-        self.backend.maintain(self.pool_id)
         broker = threading.Thread(target=self._broker, name="broker", daemon=True)
         broker.start()
         logger.info(
@@ -153,10 +162,8 @@ class Arbiter:
             self._broker_stop.set()
             broker.join()
             self._settle_leftovers(force=True)
-            try:
-                self.backend.forget_pool(self.pool_id)
-            except Exception:
-                logger.exception("Could not drop the heartbeat of pool %s", self.pool_id)
+            for pool_id in list(self.live_pools):
+                self._forget_pool(pool_id)
             if self.progress:
                 self.progress.close()
         logger.info("Pool %s stopped", self.pool_id)
@@ -321,10 +328,9 @@ class Arbiter:
             logger.error("Worker process %s %s", worker.pid, how)
         else:
             logger.info("Worker process %s exited", worker.pid)
-        if worker.leased:
-            self.leftovers.append(_Leftovers(worker, how, sorted(worker.leased)))
-            self.next_leftovers_try = 0.0
-            self._settle_leftovers()
+        self.leftovers.append(_Leftovers(worker, how, sorted(worker.leased)))
+        self.next_leftovers_try = 0.0
+        self._settle_leftovers()
 
     def _boot_failed(self, worker: Worker, how: str) -> None:
         reason = worker.boot_error or f"worker process {worker.pid} {how} before it booted"
@@ -362,7 +368,18 @@ class Arbiter:
                     remaining.append(task_id)
             if remaining:
                 self.leftovers.append(_Leftovers(leftovers.worker, leftovers.how, remaining))
+            else:
+                # Only now: what the worker did not report is left to maintenance.
+                self._forget_pool(leftovers.worker.pool_id)
         self.next_leftovers_try = time.monotonic() + 1.0
+
+    def _forget_pool(self, pool_id: str) -> None:
+        with self.pools_lock:
+            self.live_pools.discard(pool_id)
+            try:
+                self.backend.forget_pool(pool_id)
+            except Exception:
+                logger.exception("Could not drop the heartbeat of %s", pool_id)
 
     def _settle_one(self, worker: Worker, how: str, task_id: str) -> None:
         try:
@@ -435,12 +452,26 @@ class Arbiter:
         missing = self.target - len(active)
         if missing <= 0 or time.monotonic() < self.spawn_not_before:
             return
-        # After a boot failure, probe with one process at a time.
-        for _ in range(1 if self.boot_failures else missing):
+        if self.boot_failures:
+            # After a boot failure, probe with one process at a time.
+            if any(not w.booted for w in self.workers.values()):
+                return
+            missing = 1
+        for _ in range(missing):
             self._spawn()
 
     def _spawn(self) -> None:
         number = next(self.numbers)
+        pool_id = f"{self.pool_id}:{number}"
+        # The heartbeat exists before the first lease is tied to it.
+        with self.pools_lock:
+            try:
+                self.backend.maintain(pool_id)
+            except Exception:
+                logger.exception("Cannot reach the backend; spawning again in 1s")
+                self.spawn_not_before = time.monotonic() + 1.0
+                return
+            self.live_pools.add(pool_id)
         read_fd, write_fd = os.pipe()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would print our buffered output a second time
@@ -461,7 +492,7 @@ class Arbiter:
                 for other in self.workers.values():
                     if not other.reader.closed:
                         os.close(other.reader.fd)
-                WorkerProcess(self.config, self.pool_id, write_fd, self.pid, number).run()
+                WorkerProcess(self.config, pool_id, write_fd, self.pid, number).run()
             finally:
                 os._exit(WORKER_BOOT_ERROR)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -472,6 +503,7 @@ class Arbiter:
             number=number,
             reader=ControlReader(read_fd),
             worker_id=f"{self.hostname}:{pid}:fetcher",
+            pool_id=pool_id,
             spawned_at=now,
             last_seen=now,
         )
@@ -497,7 +529,13 @@ class Arbiter:
         # Runs beside the loop, so that a slow backend call never delays reaping a worker.
         while not self._broker_stop.wait(self.backend.broker_interval):
             try:
-                self.backend.maintain(self.pool_id)
+                # One pass for each worker's heartbeat; with no worker, still one pass.
+                with self.pools_lock:
+                    pool_ids = sorted(self.live_pools)
+                for pool_id in pool_ids or [None]:
+                    with self.pools_lock:
+                        if pool_id is None or pool_id in self.live_pools:
+                            self.backend.maintain(pool_id)
             except Exception:
                 logger.exception("Maintenance of pool %s failed", self.pool_id)
 

@@ -1,0 +1,1 @@
+"""An installed app whose tasks module cannot be imported, as after a bad deploy."""
