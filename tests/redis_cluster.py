@@ -1,9 +1,29 @@
 """A real Redis Cluster of three masters on loopback, for the tests."""
 
 import shutil
+import socket
 import subprocess
 
 from tests.servers import RedisServer, wait_for
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and exists too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + 10000 < 65536 and _is_free(port + 10000):
+            return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisCluster:
@@ -11,9 +31,11 @@ class RedisCluster:
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
-            RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+            RedisServer(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", port=cluster_port()
+            )
             for _ in range(masters)
-        ]
+        ]  # fmt: skip
         for node in self.nodes:
             node.args += ["--cluster-config-file", str(node.dir / "nodes.conf")]
 

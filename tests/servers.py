@@ -34,8 +34,8 @@ def wait_for(
 class RedisServer:
     """A redis-server of our own: started, killed and restarted by the tests."""
 
-    def __init__(self, *extra_args: str, appendonly: bool = False) -> None:
-        self.port = free_port()
+    def __init__(self, *extra_args: str, appendonly: bool = False, port: int = 0) -> None:
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="threadmill-redis-"))
         self.args = [
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),

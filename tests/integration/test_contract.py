@@ -102,6 +102,18 @@ def test_acknowledged_failure_is_published_with_its_traceback(backend):
     assert "it broke" in stored.errors[0].traceback
 
 
+def test_acknowledge_many_publishes_each_result_on_its_own_lease(backend):
+    ids = [tasks.add.enqueue(i, i).id for i in range(3)]
+    leased = backend.acquire_many(count=3, timeout=1, worker_id=WORKER)
+    stale = backend.get_result(leased[2].id)
+    object.__setattr__(stale, "worker_ids", ["someone:else:1"])
+    results = [succeed(leased[0], 0), failed(leased[1]), succeed(stale, 4)]
+    assert backend.acknowledge_many(results) == [True, True, False]
+    assert backend.get_result(ids[0]).return_value == 0
+    assert backend.get_result(ids[1]).status == TaskResultStatus.FAILED
+    assert backend.get_result(ids[2]).status == TaskResultStatus.RUNNING
+
+
 def test_a_non_json_return_value_is_refused_before_anything_is_written(backend):
     tasks.noop.enqueue()
     leased = backend.acquire(timeout=1, worker_id=WORKER)

@@ -154,6 +154,10 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
         the arbiter): the holder's own late call is then refused.
         """
 
+    def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
+        """Acknowledge several leased tasks; backends that can do it in one round trip do."""
+        return [self.acknowledge(task_result) for task_result in task_results]
+
     @abstractmethod
     def release(self, task_result: TaskResult) -> bool:
         """Give a leased, unstarted task back to its queue as it was (no attempt counted)."""

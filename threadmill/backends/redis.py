@@ -155,6 +155,14 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
     def _script(self, name: str, client: "redis.Redis"):
         return _load_script(name, client)
 
+    def _pipeline(self, client: "redis.Redis"):
+        """A pipeline to the server holding this alias's slot (one round trip for many calls)."""
+        if self.cluster is True:
+            # A Cluster pipeline refuses scripts; all our keys share one slot, so pipeline on
+            # the node that serves it.
+            client = client.get_node_from_key(self.key("tasks")).redis_connection
+        return client.pipeline(transaction=False)
+
     # --- keys -------------------------------------------------------------------------------
 
     def key(self, name: str) -> str:
@@ -283,7 +291,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             }
         )
         queue_name = json.loads(stored.payload).get("queue_name", "")
-        self._acknowledge(
+        keys, args = self._acknowledge_call(
             stored.id,
             queue_name,
             _token(len(worker_ids), worker_ids[-1]),
@@ -292,16 +300,40 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             json.dumps(errors).encode(),
             by_holder=False,
         )
+        client = self.worker_client
+        self._acknowledged(args, self._script("acknowledge", client)(keys, args, client))
 
     # --- ending a lease ---------------------------------------------------------------------
 
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
+        keys, args = self._acknowledgement(task_result, by_holder)
+        client = self.worker_client
+        reply = self._script("acknowledge", client)(keys=keys, args=args, client=client)
+        return self._acknowledged(args, reply)
+
+    def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
+        """Acknowledge several leased tasks in one round trip (each on its own lease)."""
+        # Encode everything first: a return value that cannot be stored raises before any
+        # result is written.
+        calls = [self._acknowledgement(result, True) for result in task_results]
+        client = self.worker_client
+        script = self._script("acknowledge", client)
+        pipe = self._pipeline(client)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        return [
+            self._acknowledged(args, reply) for (_, args), reply in zip(calls, replies, strict=True)
+        ]
+
+    def _acknowledgement(self, task_result: TaskResult, by_holder: bool) -> tuple[list, list]:
+        """The keys and arguments of acknowledge.lua for a finished task result."""
         if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
             raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
         return_value = b""
         if task_result.status == TaskResultStatus.SUCCESSFUL:
             return_value = encode_return_value(task_result._return_value)
-        return self._acknowledge(
+        return self._acknowledge_call(
             task_result.id,
             task_result.task.queue_name,
             lease_token(task_result),
@@ -311,7 +343,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             by_holder,
         )
 
-    def _acknowledge(
+    def _acknowledge_call(
         self,
         task_id: str,
         queue_name: str,
@@ -320,27 +352,28 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         value: bytes,
         errors: bytes,
         by_holder: bool,
-    ) -> bool:
-        client = self.worker_client
-        outcome, detail = self._script("acknowledge", client)(
-            keys=[
-                self.key("tasks"),
-                self.queue_keys(queue_name)[2],
-                self.key("pool_leases"),
-                self.key("expiry"),
-            ],
-            args=[
-                task_id,
-                token,
-                status,
-                value,
-                errors,
-                self.result_ttl,
-                "holder" if by_holder else "settler",
-            ],
-            client=client,
-        )
+    ) -> tuple[list, list]:
+        keys = [
+            self.key("tasks"),
+            self.queue_keys(queue_name)[2],
+            self.key("pool_leases"),
+            self.key("expiry"),
+        ]
+        args = [
+            task_id,
+            token,
+            status,
+            value,
+            errors,
+            self.result_ttl,
+            "holder" if by_holder else "settler",
+        ]
+        return keys, args
+
+    def _acknowledged(self, args: list, reply: list) -> bool:
+        outcome, detail = reply
         if outcome == 0:
+            task_id, token = args[0], args[1]
             logger.warning(
                 "Late result of task %s discarded: its lease (attempt %s) had ended; "
                 "the recorded status %s stands",
@@ -438,7 +471,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         self.worker_client.zrem(self.key("pools"), pool_id)
 
     def count_pending(self, *queue_names: str) -> dict[str, int]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline(self.client)
         for name in self._queues(queue_names):
             ready, scheduled, running, _ = self.queue_keys(name)
             pipe.zcard(ready)
