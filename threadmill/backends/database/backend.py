@@ -219,22 +219,24 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         self, queues: list[str], count: int, worker_id: str, pool_id: str | None
     ) -> tuple[list[TaskResult], datetime | None]:
         """Lease up to `count` due tasks; return them, or none and when the next falls due."""
-        connection = self.connection
         now = timezone.now()
-        due = self._tasks().filter(queue_name__in=queues, status=READY)
-        if connection.vendor == "sqlite" and not due.filter(due_at__lte=now).exists():
-            # A read needs no lock: an idle SQLite poller never takes the write lock.
-            return [], self._next_due(due, now)
+        ready = self._tasks().filter(queue_name__in=queues, status=READY)
+        # One indexed read, without a lock or a transaction, tells an idle caller all it needs:
+        # whether to lease now, or how long to wait for the first scheduled task.
+        earliest = ready.aggregate(earliest=Min("due_at"))["earliest"]
+        if earliest is None or earliest > now:
+            return [], earliest
 
         def lease() -> list[TaskResult]:
             with vendors.write_transaction(self.connection):
                 return self._lease_in_transaction(queues, count, worker_id, pool_id, now)
 
         leased = self._write(lease)
-        return leased, (None if leased else self._next_due(due, now))
-
-    def _next_due(self, due: QuerySet, now: datetime) -> datetime | None:
-        return due.filter(due_at__gt=now).aggregate(next=Min("due_at"))["next"]
+        if leased:
+            return leased, None
+        # Others leased the due tasks first (or they were refused): wait for news, or for the
+        # next scheduled one.
+        return [], ready.filter(due_at__gt=now).aggregate(next=Min("due_at"))["next"]
 
     def _lease_in_transaction(
         self, queues: list[str], count: int, worker_id: str, pool_id: str | None, now: datetime
@@ -346,25 +348,50 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         )
 
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
+        return self._acknowledge([task_result], by_holder)[0]
+
+    def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
+        """Acknowledge several leased tasks in one transaction (one commit, one fsync)."""
+        return self._acknowledge(task_results, by_holder=True)
+
+    def _acknowledge(self, task_results: list[TaskResult], by_holder: bool) -> list[bool]:
+        # Everything is encoded before anything is written: a bad return value writes nothing.
+        updates = [(result, self._final_fields(result, by_holder)) for result in task_results]
+
+        def write() -> list[bool]:
+            with vendors.write_transaction(self.connection):
+                return [
+                    bool(self._leased_by(result).update(**fields)) for result, fields in updates
+                ]
+
+        if len(updates) == 1:  # one UPDATE is atomic on its own: no transaction needed
+            result, fields = updates[0]
+            recorded = [bool(self._write(lambda: self._leased_by(result).update(**fields)))]
+        else:
+            recorded = self._write(write)
+        return [
+            done or self._refused(result, by_holder)
+            for done, result in zip(recorded, task_results, strict=True)
+        ]
+
+    def _final_fields(self, task_result: TaskResult, by_holder: bool) -> dict[str, Any]:
         if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
             raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
         return_value = None
         if task_result.status == TaskResultStatus.SUCCESSFUL:
             return_value = encode_return_value(task_result._return_value).decode()
-        leased = self._leased_by(task_result)
-        updated = self._write(
-            lambda: leased.update(
-                status=task_result.status.value,
-                finished_at=task_result.finished_at or timezone.now(),
-                errors=encode_errors(task_result.errors).decode(),
-                return_value=return_value,
-                lease_expires_at=None,
-                pool_id=None,
-                settled_by_holder=by_holder,
-            )
-        )
-        if updated:
-            return True
+        return {
+            "status": task_result.status.value,
+            "finished_at": task_result.finished_at or timezone.now(),
+            "errors": encode_errors(task_result.errors).decode(),
+            "return_value": return_value,
+            "lease_expires_at": None,
+            "pool_id": None,
+            "settled_by_holder": by_holder,
+        }
+
+    def _refused(self, task_result: TaskResult, by_holder: bool) -> bool:
+        """Tell a holder's repeated acknowledgement (True) from a late one (logged, False)."""
         if by_holder and self._tasks().filter(
             result_id=task_result.id,
             status__in=FINISHED,
