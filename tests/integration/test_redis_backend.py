@@ -1,9 +1,9 @@
 """What only the Redis backend promises: its key layout, scripts, wake-ups and outages."""
 
+import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -92,6 +92,37 @@ def test_an_idle_acquire_waits_for_a_scheduled_task_without_polling(backend):
     before = _commands(backend)
     assert backend.acquire(timeout=5, worker_id="h:1:t")
     assert _commands(backend) - before - 1 <= 4
+
+
+def test_a_resent_lease_call_leases_nothing_more_and_gets_the_same_tasks(backend):
+    for _ in range(4):
+        tasks.noop.enqueue()
+    keys = [
+        backend.key("tasks"),
+        backend.key("pool_leases"),
+        backend.key("receipt:resent"),
+        *backend.queue_keys("default"),
+    ]
+    args = [2, json.dumps("h:1:t"), "h:1:t", "", 60, 100, 0, 300]
+    acquire = backend._script("acquire", backend.client)
+    first = acquire(keys=keys, args=args)
+    second = acquire(keys=keys, args=args)
+    assert len(first[2::6]) == 2
+    assert second[2::6] == first[2::6]
+    assert backend.count_pending() == {"ready": 2, "scheduled": 0, "running": 2}
+
+
+def test_a_resent_enqueue_call_queues_the_task_once(backend):
+    enqueued = tasks.noop.enqueue()
+    payload = backend.client.hget(backend.key("tasks"), f"{enqueued.id}.payload")
+    keys = [backend.key("tasks"), backend.key("sequence"), *backend.queue_keys("default")[:2]]
+    keys.append(backend.queue_keys("default")[3])
+    enqueue = backend._script("enqueue", backend.client)
+    again = enqueue(keys=keys, args=[enqueued.id, payload, "default", 0, ""])
+    assert float(again) == enqueued.enqueued_at.timestamp()
+    assert backend.count_pending()["ready"] == 1
+    with pytest.raises(redis.ResponseError, match="exists already"):
+        enqueue(keys=keys, args=[enqueued.id, b"{}", "default", 0, ""])
 
 
 def test_enqueue_raises_a_clear_error_at_once_when_redis_is_unreachable(settings, key_prefix):
@@ -230,6 +261,3 @@ def _key_variables(text: str) -> set[str]:
     for match in re.finditer(r"local ([\w, ]+) = (KEYS\[[^\n]+)", _code(text)):
         names.update(n.strip() for n in match.group(1).split(","))
     return names | {"ready", "scheduled", "running", "wake", "tasks", "pools", "expiry"}
-
-
-_ = Path, redis

@@ -72,6 +72,9 @@ SCRIPTS = Path(__file__).with_name("lua")
 # noticed (the socket timeout is a little longer) and the caller's deadline is kept.
 LONGEST_BLOCK = 30.0
 
+# How long a lease call's receipt is kept: longer than redis-py's retries of that call.
+RECEIPT_TTL = 300
+
 # The fields of a task, in the order `get_result` reads them.
 READ_FIELDS = (
     "payload",
@@ -222,7 +225,9 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         if "\t" in worker_id or (pool_id and "\t" in pool_id):
             raise ValueError("worker_id and pool_id cannot contain tab characters.")
         client = self.worker_client
-        keys = [self.key("tasks"), self.key("pool_leases")]
+        # The receipt key is new for each call, and redis-py resends a call unchanged when its
+        # connection fails: so a resent call finds its receipt and leases nothing twice.
+        keys = [self.key("tasks"), self.key("pool_leases"), ""]
         wake_keys = []
         for name in queue_names:
             queue_keys = self.queue_keys(name)
@@ -232,6 +237,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._rotation += 1
+            keys[2] = self.key(f"receipt:{get_random_string(16)}")
             reply = acquire(
                 keys=keys,
                 args=[
@@ -242,6 +248,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                     self.lease_ttl,
                     self.batch_size,
                     self._rotation,
+                    RECEIPT_TTL,
                 ],
                 client=client,
             )

@@ -1,11 +1,14 @@
 -- Lease up to ARGV[1] tasks, round-robin over the queues so a busy queue never starves another.
 -- KEYS[1] tasks          hash: "<id>.<field>" -> value
 -- KEYS[2] pool_leases    zset (all scores 0): "<pool id>\t<id>" for every lease a pool holds
+-- KEYS[3] receipt        string: the ids this very call leased, kept a short while, so that
+--                        the same call sent again (its reply was lost) leases nothing more and
+--                        gets the same tasks back
 -- then four keys per queue, in the caller's order, for queue i (i = 0, 1, ...):
--- KEYS[3+4i] ready       zset: id -> order
--- KEYS[4+4i] scheduled   zset: id -> run_after (seconds)
--- KEYS[5+4i] running     zset: id -> lease expiry (seconds)
--- KEYS[6+4i] wake        list: wake-up tokens, emptied here when nothing is ready, so a
+-- KEYS[4+4i] ready       zset: id -> order
+-- KEYS[5+4i] scheduled   zset: id -> run_after (seconds)
+-- KEYS[6+4i] running     zset: id -> lease expiry (seconds)
+-- KEYS[7+4i] wake        list: wake-up tokens, emptied here when nothing is ready, so a
 --                        token in it always means "something was queued after you looked"
 -- ARGV[1] how many tasks to lease at most
 -- ARGV[2] worker id, JSON-encoded (appended to worker_ids as it is)
@@ -14,18 +17,43 @@
 -- ARGV[5] lease time to live, seconds
 -- ARGV[6] the most scheduled tasks to promote per queue in this call
 -- ARGV[7] which queue to take from first (0-based), so callers rotate the start
+-- ARGV[8] how long to keep the receipt, seconds
 -- Returns {now, next_due, id1, payload1, enqueued_at1, started_at1, worker_ids1, errors1, ...}:
 -- next_due is the earliest run_after still scheduled ("" if none), for the caller's wait.
 local clock = redis.call('TIME')
 local now_number = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local now = string.format('%.6f', now_number)
-local queues = (#KEYS - 2) / 4
+local queues = (#KEYS - 3) / 4
 local tasks = KEYS[1]
+local worker_json, worker, pool = ARGV[2], ARGV[3], ARGV[4]
+
+local function leased_task(reply, id, payload, enqueued_at, started_at, workers, errors)
+  table.insert(reply, id)
+  table.insert(reply, payload)
+  table.insert(reply, enqueued_at)
+  table.insert(reply, started_at)
+  table.insert(reply, workers)
+  table.insert(reply, errors)
+end
+
+local receipt = redis.call('GET', KEYS[3])
+if receipt then
+  -- A repeat of a call that was carried out: answer with what it leased and still holds.
+  local reply = {now, ''}
+  for id in string.gmatch(receipt, '[^\n]+') do
+    local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.payload', id .. '.enqueued_at',
+      id .. '.started_at', id .. '.worker_ids', id .. '.errors')
+    if f[1] and string.find(f[1], '\t' .. worker .. '\t', 1, true) then
+      leased_task(reply, id, f[2], f[3], f[4], f[5], f[6])
+    end
+  end
+  return reply
+end
 
 -- Due scheduled tasks become ready first, so they compete by priority like any other.
 local next_due = ''
 for q = 0, queues - 1 do
-  local ready, scheduled = KEYS[3 + 4 * q], KEYS[4 + 4 * q]
+  local ready, scheduled = KEYS[4 + 4 * q], KEYS[5 + 4 * q]
   local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
   for _, id in ipairs(due) do
     redis.call('ZREM', scheduled, id)
@@ -40,10 +68,9 @@ end
 local reply = {now, next_due}
 local wanted = tonumber(ARGV[1])
 local expiry = string.format('%.6f', now_number + tonumber(ARGV[5]))
-local worker_json, worker, pool = ARGV[2], ARGV[3], ARGV[4]
 local taken, empty_in_a_row, q = 0, 0, tonumber(ARGV[7]) % queues
 while taken < wanted and empty_in_a_row < queues do
-  local popped = redis.call('ZPOPMIN', KEYS[3 + 4 * q])
+  local popped = redis.call('ZPOPMIN', KEYS[4 + 4 * q])
   if popped[1] then
     empty_in_a_row = 0
     taken = taken + 1
@@ -63,24 +90,26 @@ while taken < wanted and empty_in_a_row < queues do
     redis.call('HSET', tasks, id .. '.status', 'RUNNING', id .. '.started_at', started,
       id .. '.attempted_at', now, id .. '.previous_attempted_at', f[7] or '',
       id .. '.worker_ids', workers, id .. '.attempts', attempts, id .. '.lease', lease)
-    redis.call('ZADD', KEYS[5 + 4 * q], expiry, id)
+    redis.call('ZADD', KEYS[6 + 4 * q], expiry, id)
     if pool ~= '' then
       redis.call('ZADD', KEYS[2], 0, pool .. '\t' .. id)
     end
-    table.insert(reply, id)
-    table.insert(reply, f[1])
-    table.insert(reply, f[2])
-    table.insert(reply, started)
-    table.insert(reply, workers)
-    table.insert(reply, f[5])
+    leased_task(reply, id, f[1], f[2], started, workers, f[5])
   else
     empty_in_a_row = empty_in_a_row + 1
   end
   q = (q + 1) % queues
 end
+if taken > 0 then
+  local ids = {}
+  for i = 3, #reply, 6 do
+    table.insert(ids, reply[i])
+  end
+  redis.call('SET', KEYS[3], table.concat(ids, '\n'), 'EX', tonumber(ARGV[8]))
+end
 if taken == 0 then
   for q = 0, queues - 1 do
-    redis.call('DEL', KEYS[6 + 4 * q])
+    redis.call('DEL', KEYS[7 + 4 * q])
   end
 end
 return reply

@@ -9,10 +9,15 @@
 -- ARGV[3] queue name
 -- ARGV[4] priority, a whole number from -100 to 100
 -- ARGV[5] run_after in seconds since the epoch, or "" to run as soon as possible
--- Returns the server time of the enqueue (seconds since the epoch, as a string),
--- or an error when the id exists already.
+-- Returns the server time of the enqueue (seconds since the epoch, as a string). The same
+-- call sent again (its reply was lost) changes nothing and returns the first call's time; an
+-- id taken by another task is an error.
 local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], id .. '.status') == 1 then
+local existing = redis.call('HMGET', KEYS[1], id .. '.payload', id .. '.enqueued_at')
+if existing[1] then
+  if existing[1] == ARGV[2] then
+    return existing[2]
+  end
   return redis.error_reply('threadmill: task id ' .. id .. ' exists already')
 end
 local clock = redis.call('TIME')
