@@ -1,0 +1,286 @@
+"""Turn one run's raw results (bench/results/*.json) into docs/benchmark.md.
+
+python bench/report.py bench/results/<stamp>.json > docs/benchmark.md
+"""
+
+# ruff: noqa: RUF001 - the table and the chart print typographic signs on purpose
+
+import json
+import statistics
+import sys
+
+TM = "threadmill"
+
+
+def values(peer: dict, section: str, name: str, scale: float = 1.0) -> list[float]:
+    found = []
+    for run in peer["runs"]:
+        value = run.get(section, {}).get(name)
+        if value is not None:
+            found.append(value * scale)
+    return found
+
+
+def summary(peer: dict, section: str, name: str, scale: float = 1.0) -> dict | None:
+    found = values(peer, section, name, scale)
+    if not found:
+        return None
+    partial = section in ("noop", "burn") and not all(
+        run.get(section, {}).get("complete", True) for run in peer["runs"]
+    )
+    return {
+        "median": statistics.median(found),
+        "min": min(found),
+        "max": max(found),
+        "n": len(found),
+        "partial": partial,
+    }
+
+
+def number(value: float, digits: int) -> str:
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def cell(stat: dict | None, digits: int = 0) -> str:
+    if stat is None:
+        return "–"
+    text = number(stat["median"], digits)
+    if stat["n"] > 1:
+        text += f" ({number(stat['min'], digits)}–{number(stat['max'], digits)})"
+    if stat["partial"]:
+        text += "†"
+    return text
+
+
+# Figure name -> (section, key, scale, digits, header, higher is better)
+FIGURES = {
+    "throughput": ("noop", "throughput", 1, 0, "no-op tasks/s", True),
+    "cpu": ("noop", "cpu_per_task", 1e6, 0, "worker CPU µs/task", False),
+    "p50": ("idle", "p50", 1e3, 2, "pickup p50 ms", False),
+    "p95": ("idle", "p95", 1e3, 2, "pickup p95 ms", False),
+    "p99": ("idle", "p99", 1e3, 2, "pickup p99 ms", False),
+    "idle": ("idle", "idle_commands_per_s", 1, 2, "idle Redis commands/s", False),
+    "overhead": ("burn", "overhead_us", 1, 0, "overhead µs/task (5 ms CPU, 2 processes)", False),
+    "enqueue": ("noop", "enqueue_rate", 1, 0, "enqueue/s (1 thread)", True),
+}
+
+
+def stats(report: dict) -> dict[str, dict[str, dict | None]]:
+    return {
+        name: {
+            figure: summary(peer, section, key, scale)
+            for figure, (section, key, scale, _, _, _) in FIGURES.items()
+        }
+        for name, peer in report["peers"].items()
+    }
+
+
+def markdown(report: dict) -> str:
+    table = stats(report)
+    peers = report["peers"]
+    machine = report["machine"]
+    args = report["args"]
+    lines = [
+        "# Benchmark: threadmill and its peers",
+        "",
+        f"One run of `uv run python bench/run.py` ({args_text(args)}), {report['when']}, "
+        f"{report['seconds'] / 60:.0f} minutes. Median of {args['runs']} runs, min–max in "
+        "brackets; † = the drain hit `--drain-timeout` and shows the rate seen until then.",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"{machine['os']}; Python {machine['python']}; redis-server {machine['redis_server']} "
+        "(a fresh private server per measurement, `--save '' --appendonly no`). "
+        "Driver, Redis and workers share the cores.",
+        "",
+        "Versions: "
+        + "; ".join(
+            f"{family}: " + ", ".join(f"{k} {v}" for k, v in found.items())
+            for family, found in report["versions"].items()
+        )
+        + ".",
+        "",
+        "## Figures",
+        "",
+        "| peer | worker configuration | " + " | ".join(FIGURES[f][4] for f in FIGURES) + " |",
+        "|---|---|" + "---:|" * len(FIGURES),
+    ]
+    for name, peer in peers.items():
+        lines.append(
+            f"| {name} | {peer['config']} | "
+            + " | ".join(cell(table[name][f], FIGURES[f][3]) for f in FIGURES)
+            + " |"
+        )
+    lines += ratios(table, peers)
+    lines += targets(table, peers)
+    lines += database(table, peers)
+    lines += method(report)
+    return "\n".join(lines) + "\n"
+
+
+def args_text(args: dict) -> str:
+    return (
+        f"--tasks {args['tasks']} --burn-tasks {args['burn_tasks']} "
+        f"--latency-tasks {args['latency_tasks']} --idle-seconds {float(args['idle_seconds']):g} "
+        f"--runs {args['runs']}"
+    )
+
+
+def median(table, name, figure) -> float | None:
+    stat = table.get(name, {}).get(figure)
+    return None if stat is None else stat["median"]
+
+
+def ratios(table, peers) -> list[str]:
+    if TM not in table:
+        return []
+    others = [n for n, p in peers.items() if p["family"] != TM]
+    if not others:
+        return []
+    lines = [
+        "",
+        "## threadmill against each peer",
+        "",
+        "How many times better threadmill is (above 1: threadmill wins), from the medians above.",
+        "",
+        "| peer | no-op throughput | worker CPU per task | pickup p50 | pickup p95 | "
+        "idle commands | overhead | enqueue |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in others:
+        row = []
+        for figure in ("throughput", "cpu", "p50", "p95", "idle", "overhead", "enqueue"):
+            ours, theirs = median(table, TM, figure), median(table, name, figure)
+            higher_better = FIGURES[figure][5]
+            if ours is None or theirs is None:
+                row.append("–")
+            elif higher_better:
+                row.append(f"{ours / theirs:.2f}×" if theirs else "–")
+            elif ours <= 0:
+                row.append("∞" if theirs > 0 else "=")
+            else:
+                row.append(f"{theirs / ours:.2f}×")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
+
+
+def best(table, peers, figure, higher_better) -> tuple[str, float] | None:
+    found = [
+        (name, median(table, name, figure))
+        for name, peer in peers.items()
+        if peer["family"] != TM and median(table, name, figure) is not None
+    ]
+    if not found:
+        return None
+    return (max if higher_better else min)(found, key=lambda item: item[1])
+
+
+def targets(table, peers) -> list[str]:
+    if TM not in table:
+        return []
+    rows = []
+
+    def add(goal: str, measured: str, met: bool | None) -> None:
+        rows.append(f"| {goal} | {measured} | {'–' if met is None else ('yes' if met else 'no')} |")
+
+    ours = median(table, TM, "throughput")
+    top = best(table, peers, "throughput", True)
+    if ours and top:
+        add(
+            "no-op throughput, 1 process ≥ 3× the best peer",
+            f"{ours:,.0f}/s = {ours / top[1]:.2f}× {top[0]}",
+            ours >= 3 * top[1],
+        )
+    ours = median(table, TM, "cpu")
+    top = best(table, peers, "cpu", False)
+    if ours and top:
+        add(
+            "worker CPU per task ≤ ⅓ of the best peer",
+            f"{ours:,.0f} µs vs {top[1]:,.0f} µs ({top[0]})",
+            ours <= top[1] / 3,
+        )
+    p50, p95 = median(table, TM, "p50"), median(table, TM, "p95")
+    if p50 is not None:
+        add("idle pickup p50 ≤ 1 ms", f"{p50:.2f} ms", p50 <= 1.0)
+    if p95 is not None:
+        add("idle pickup p95 ≤ 2 ms", f"{p95:.2f} ms", p95 <= 2.0)
+    idle = median(table, TM, "idle")
+    if idle is not None:
+        add("idle pool ≤ 1 Redis command/s per process", f"{idle:.2f}/s", idle <= 1.0)
+    overhead = median(table, TM, "overhead")
+    if overhead is not None:
+        add("overhead on CPU-bound tasks ≤ 50 µs/task", f"{overhead:,.0f} µs", overhead <= 50)
+    ours = median(table, TM, "enqueue")
+    top = best(table, peers, "enqueue", True)
+    if ours and top:
+        add(
+            "enqueue from one thread ≥ 1.5× the best peer",
+            f"{ours:,.0f}/s = {ours / top[1]:.2f}× {top[0]}",
+            ours >= 1.5 * top[1],
+        )
+    one, two = median(table, TM, "throughput"), median(table, f"{TM} ×2 processes", "throughput")
+    if one and two:
+        add("2 processes ≥ 1.6× one process (no-op)", f"{two / one:.2f}×", two >= 1.6 * one)
+    if not rows:
+        return []
+    return ["", "## Targets of issue 5", "", "| target | measured | met |", "|---|---|---|", *rows]
+
+
+def database(table, peers) -> list[str]:
+    ours = median(table, f"{TM} database", "throughput")
+    theirs = median(table, "django-tasks-db", "throughput")
+    if ours is None or theirs is None:
+        return []
+    return [
+        "",
+        "## Database backends (issue 6): SQLite, one worker process, no-op tasks",
+        "",
+        f"threadmill's DatabaseTaskBackend drains {ours:,.0f} tasks/s against "
+        f"django-tasks-db's `db_worker` {theirs:,.0f} tasks/s: {ours / theirs:.2f}× "
+        "(target ≥ 3×).",
+    ]
+
+
+def method(report: dict) -> list[str]:
+    calibration = report.get("calibration", {})
+    return [
+        "",
+        "## How each figure is measured",
+        "",
+        "- **Task body**, the same for every peer (`bench/bench_common.py`): one Redis `INCR` "
+        "on a counter; the task that makes it reach N notes the time.",
+        "- **No-op tasks/s**: N tasks enqueued first, then the worker starts; the rate is "
+        "(N − 1) / (end of the last task − end of the first), so boot time is not counted.",
+        "- **Worker CPU µs/task**: user + system CPU of every process of the pool (arbiter, "
+        "children, work horses; read from /proc) between the first and the last task, "
+        "divided by the tasks run in between.",
+        "- **Pickup latency**: one process, idle; the driver enqueues one task, waits for it, "
+        "sleeps 50–150 ms (so the pool is idle again) and repeats. The task records "
+        "`time.time()` at its start minus the time just before `enqueue` was called. "
+        "django-tasks-db polls its database once a second, so it gets a fifth of the samples.",
+        "- **Idle Redis commands/s**: a warmed-up pool of one process, idle for the window; the "
+        "commands its connections send, from `MONITOR` (a Lua script counts once; the commands "
+        "a script runs are not counted). `INFO commandstats` deltas, which count those too, are "
+        "in the raw results. django-tasks-db talks to SQLite, not Redis: 0.",
+        "- **Overhead**: tasks burning 5 ms of their thread's CPU, two worker processes of one "
+        "thread each: (wall × 2 − summed task CPU) / tasks. The task's own reporting round "
+        f"trip (pipelined INCR + INCRBY) is in it: alone it takes "
+        f"{calibration.get('report_wall_us', 0):.0f} µs wall, "
+        f"{calibration.get('report_cpu_us', 0):.0f} µs CPU.",
+        "- **Enqueue/s**: the N tasks of the throughput drain, enqueued one by one from one "
+        "thread with each peer's own API (`Task.enqueue`, `send`, `delay`, `Queue.enqueue`).",
+        "",
+        "Peers are configured as their documentation recommends for throughput: Dramatiq's "
+        "worker with its 8 default threads; Huey's consumer with one worker thread (processes "
+        "for the CPU-bound figure); Celery prefork with concurrency 1, `--without-gossip "
+        "--without-mingle --without-heartbeat`, results ignored, prefetch multiplier 64 (its "
+        "optimizing guide, for many short tasks); RQ's default worker started from a script "
+        "that imports the task module first (its performance notes); django-tasks-db's "
+        "`db_worker` with its defaults. Every Redis client uses hiredis.",
+    ]
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as raw:
+        print(markdown(json.load(raw)), end="")

@@ -1,0 +1,702 @@
+"""Benchmark threadmill against the task queues people would pick instead, in one run.
+
+    uv run python bench/run.py                  # the full run: every peer, every figure
+    uv run python bench/run.py --quick          # small N, one run: a minute or two
+    uv run python bench/run.py --only threadmill --tasks 200 --runs 1
+
+Each peer is installed from PyPI into its own virtualenv under bench/.envs/<peer> (never into
+the project's); threadmill runs from this checkout, with the interpreter that runs this script.
+Every measurement starts a fresh private redis-server on a free loopback port, persistence off.
+Every peer runs the same task body (bench/bench_common.py): one Redis INCR, or ~5 ms of CPU.
+
+Figures (issue 5): no-op throughput of one worker process (N tasks pre-enqueued, time from the
+first task's end to the last's), worker CPU per task (the pool's processes, from /proc), idle
+pickup latency (one task at a time into an idle pool, enqueue -> start recorded by the task),
+idle load (Redis commands per second sent by an idle pool), overhead on 5 ms CPU-bound tasks
+with two processes ((wall x processes - summed task CPU) / tasks) and the enqueue rate of one
+thread. Medians over --runs, with min-max. Writes docs/benchmark.md and docs/benchmark.png
+(raw results in bench/results/).
+"""
+
+# ruff: noqa: RUF001 - the table and the chart print typographic signs on purpose
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+ENVS = BENCH / ".envs"
+RESULTS = BENCH / "results"
+
+sys.path.insert(0, str(BENCH))
+import bench_common  # noqa: E402
+
+# --- peers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One way of running the tasks: a queue, its worker command and how it is configured."""
+
+    name: str  # row label
+    family: str  # the queue it is (one virtualenv per family)
+    module: str  # bench/peers module with enqueue()
+    config: str  # how its worker runs, for the table
+    settings: str = ""  # DJANGO_SETTINGS_MODULE, for Django peers
+    sqlite: bool = False  # needs a fresh, migrated SQLite database
+    processes: int = 1
+    threads: int = 1
+    figures: tuple[str, ...] = ("throughput", "latency", "idle", "overhead")
+
+    def python(self) -> str:
+        if self.family == "threadmill":
+            return sys.executable
+        return str(ENVS / self.family / "bin" / "python")
+
+    def worker(self, processes: int, threads: int) -> list[str]:
+        """The worker command: `processes` worker processes of `threads` threads each."""
+        py = self.python()
+        if self.family == "threadmill":
+            return [
+                py, "-m", "django", "threadmill", "--settings", self.settings,
+                "--processes", str(processes), "--threads", str(threads),
+            ]  # fmt: skip
+        if self.family == "dramatiq":
+            return [py, "-m", "dramatiq", self.module, "-p", str(processes), "-t", str(threads)]
+        if self.family == "huey":
+            kind = "process" if processes > 1 else "thread"
+            return [
+                py, str(ENVS / "huey" / "bin" / "huey_consumer"), f"{self.module}.huey",
+                "-w", str(max(processes, threads)), "-k", kind, "-q",
+            ]  # fmt: skip
+        if self.family == "celery":
+            return [
+                py, "-m", "celery", "-A", self.module, "worker", "-P", "prefork",
+                "-c", str(processes), "--without-gossip", "--without-mingle",
+                "--without-heartbeat", "-l", "WARNING",
+            ]  # fmt: skip
+        if self.family == "rq":
+            one = [py, str(BENCH / "agent.py"), self.module, "work"]
+            return _several(one, processes)
+        if self.family == "django-tasks-db":
+            one = [
+                py, "-m", "django", "db_worker", "--settings", self.settings,
+                "--no-startup-delay", "-v", "0",
+            ]  # fmt: skip
+            return _several(one, processes)
+        raise ValueError(self.family)
+
+
+def _several(command: list[str], processes: int) -> list[str]:
+    """A command run `processes` times side by side, in one process group."""
+    if processes == 1:
+        return command
+    one = shlex.join(command)
+    return ["sh", "-c", " & ".join([one] * processes) + " & wait"]
+
+
+# The packages of each peer's virtualenv; every Redis client gets hiredis, as threadmill has.
+FAMILIES: dict[str, list[str]] = {
+    "dramatiq": ["dramatiq[redis]", "redis[hiredis]"],
+    "huey": ["huey", "redis[hiredis]"],
+    "celery": ["celery[redis]", "redis[hiredis]"],
+    "rq": ["rq", "redis[hiredis]"],
+    "django-tasks-db": ["django-tasks-db", "django>=6.1", "redis[hiredis]"],
+}
+TOOLS: dict[str, list[str]] = {"plot": ["matplotlib"], "profile": ["py-spy"]}
+DISTRIBUTIONS = {
+    "threadmill": ["threadmill", "django", "redis", "hiredis"],
+    "dramatiq": ["dramatiq", "redis", "hiredis"],
+    "huey": ["huey", "redis", "hiredis"],
+    "celery": ["celery", "kombu", "redis", "hiredis"],
+    "rq": ["rq", "redis", "hiredis"],
+    "django-tasks-db": ["django-tasks-db", "django"],
+}
+
+TM = "threadmill"
+PEERS = [
+    Peer(TM, TM, "peers.django_tasks", "1 process, 1 thread",
+         settings="peers.settings_threadmill"),
+    Peer(f"{TM} ×2 processes", TM, "peers.django_tasks", "2 processes, 1 thread each",
+         settings="peers.settings_threadmill", processes=2, figures=("throughput",)),
+    Peer(f"{TM} ×4 threads", TM, "peers.django_tasks", "1 process, 4 threads",
+         settings="peers.settings_threadmill", threads=4, figures=("throughput",)),
+    Peer("Dramatiq", "dramatiq", "peers.dramatiq_peer", "1 process, 8 threads (default)",
+         threads=8),
+    Peer("Huey", "huey", "peers.huey_peer", "1 worker thread (default)"),
+    Peer("Celery", "celery", "peers.celery_peer", "prefork, concurrency 1, prefetch ×64"),
+    Peer("RQ", "rq", "peers.rq_peer", "1 worker (forks a work horse per task)"),
+    Peer("django-tasks-db", "django-tasks-db", "peers.django_tasks",
+         "db_worker on SQLite (WAL), --interval 1 (default)",
+         settings="peers.settings_dtdb", sqlite=True),
+    Peer(f"{TM} database", TM, "peers.django_tasks", "1 process, 1 thread, SQLite (WAL)",
+         settings="peers.settings_threadmill_db", sqlite=True, figures=("throughput",)),
+]  # fmt: skip
+
+
+def threadmill_database_exists() -> bool:
+    package = ROOT / "threadmill" / "backends"
+    return (package / "database.py").exists() or (package / "database" / "__init__.py").exists()
+
+
+# --- environments -------------------------------------------------------------------------
+
+
+def ensure_env(name: str, packages: list[str], upgrade: bool = False) -> Path:
+    """Create bench/.envs/<name> with `packages` from PyPI, once (again with --upgrade)."""
+    env = ENVS / name
+    marker = env / ".bench-installed"
+    wanted = "\n".join(packages)
+    if not upgrade and marker.exists() and marker.read_text() == wanted:
+        return env
+    uv = shutil.which("uv")
+    if uv is None:
+        raise SystemExit("uv is needed to build the peers' virtualenvs (pip install uv)")
+    python = os.environ.get("UV_PYTHON") or sys.executable
+    log(f"installing {name}: {' '.join(packages)}")
+    if not (env / "bin" / "python").exists():
+        subprocess.run([uv, "venv", "-q", "--python", python, str(env)], check=True)
+    # --python pins the target: UV_PYTHON alone would make `uv pip` install into the base Python.
+    command = [uv, "pip", "install", "-q", "--python", str(env / "bin" / "python"), *packages]
+    if upgrade:
+        command.insert(3, "--upgrade")
+    subprocess.run(command, check=True)
+    marker.write_text(wanted)
+    return env
+
+
+def versions(family: str, python: str) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try: out[name] = m.version(name)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(out))"
+    )
+    names = DISTRIBUTIONS.get(family, [])
+    reply = subprocess.run([python, "-c", code, *names], capture_output=True, text=True)
+    return json.loads(reply.stdout or "{}")
+
+
+# --- servers and processes ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Redis:
+    """A private redis-server: loopback, free port, no persistence; gone after the block."""
+
+    def __enter__(self) -> "Redis":
+        import redis
+
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="threadmill-bench-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                "--bind", "127.0.0.1", "--dir", self.dir, "--save", "", "--appendonly", "no",
+                "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def environment(redis_url: str, sqlite: str = "") -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BENCH_REDIS_URL": redis_url,
+        "PYTHONPATH": str(BENCH),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("VIRTUAL_ENV", None)
+    if sqlite:
+        env["BENCH_SQLITE"] = sqlite
+    return env
+
+
+def agent(peer: Peer, env: dict[str, str], *args: object, timeout: float = 3600) -> dict:
+    """Run bench/agent.py in the peer's Python; return the JSON it printed."""
+    if peer.settings:
+        env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings}
+    reply = subprocess.run(
+        [peer.python(), str(BENCH / "agent.py"), peer.module, *map(str, args)],
+        env=env, cwd=BENCH, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if reply.returncode != 0:
+        raise RuntimeError(f"{peer.name} agent {args} failed:\n{reply.stderr[-3000:]}")
+    return json.loads(reply.stdout.strip().splitlines()[-1])
+
+
+def migrate(peer: Peer, env: dict[str, str]) -> None:
+    subprocess.run(
+        [peer.python(), "-m", "django", "migrate", "-v", "0", "--settings", peer.settings],
+        env=env, cwd=BENCH, check=True,
+    )  # fmt: skip
+
+
+class Worker:
+    """A peer's worker processes in a session of their own, so they are measured and stopped
+    together (Celery's and Dramatiq's children, RQ's work horses included)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, env=env, cwd=BENCH, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.sid = self.process.pid
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) of every process of the session, reaped children too."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[0] is the state (field 3 of proc(5)); session is field 6, times 14-17.
+            if int(fields[3]) == self.sid:
+                total += sum(int(value) for value in fields[11:15])
+        return total / tick
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.sid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+                # The leader is gone; give its children a moment, then make sure.
+                time.sleep(0.2)
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.sid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_done(r, count: int, timeout: float, worker: Worker) -> None:
+    deadline = time.monotonic() + timeout
+    while int(r.get(bench_common.DONE) or 0) < count:
+        if not worker.alive():
+            raise RuntimeError("the worker exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} task(s) not done within {timeout} s")
+        time.sleep(0.01)
+
+
+# --- the figures --------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    tasks: int
+    burn_tasks: int
+    latency_tasks: int
+    idle_seconds: float
+    drain_timeout: float
+    logs: Path
+
+
+def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threads: int) -> dict:
+    """Pre-enqueue `count` tasks, start the pool, time the drain; sample the pool's CPU."""
+    with Redis() as server, tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp:
+        env = environment(server.url, str(Path(tmp) / "bench.sqlite3") if peer.sqlite else "")
+        if peer.sqlite:
+            migrate(peer, env)
+        enqueued = agent(peer, env, "enqueue", kind, count, count)
+        worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
+        worker = Worker(peer.worker(processes, threads), worker_env, ctx.logs / f"{slug(peer)}.log")
+        r = server.client
+        first = last = None
+        try:
+            deadline = time.monotonic() + ctx.drain_timeout + 60
+            while True:
+                now = time.monotonic()
+                done = int(r.get(bench_common.DONE) or 0)
+                if first is None and done >= 1:
+                    first = (now, done, worker.cpu())
+                if done >= count or (first and now > first[0] + ctx.drain_timeout):
+                    last = (now, done, worker.cpu())
+                    break
+                if now > deadline or not worker.alive():
+                    raise RuntimeError(f"{peer.name}: {done}/{count} tasks done, worker stuck")
+                time.sleep(0.005)
+            # The last task sets LAST just after its INCR: give it a moment.
+            settle = time.monotonic() + 5
+            while last[1] >= count and r.get(bench_common.LAST) is None:
+                if time.monotonic() > settle:
+                    break
+                time.sleep(0.005)
+            t_first = float(r.get(bench_common.FIRST))
+            t_last = r.get(bench_common.LAST)
+            cpu_ns = int(r.get(bench_common.CPU_NS) or 0)
+        finally:
+            worker.stop()
+    complete = last[1] >= count and t_last is not None
+    result = {
+        "enqueue_rate": enqueued["rate"],
+        "complete": complete,
+        "done": last[1],
+        "cpu_per_task": (last[2] - first[2]) / max(1, last[1] - first[1]),
+    }
+    if complete:
+        wall = float(t_last) - t_first
+        result["wall"] = wall
+        result["throughput"] = (count - 1) / wall if kind == "noop" else count / wall
+    else:  # the drain timed out: the rate the driver saw
+        result["wall"] = last[0] - first[0]
+        result["throughput"] = (last[1] - first[1]) / (last[0] - first[0])
+    if kind == "burn" and complete:
+        result["task_cpu"] = cpu_ns / 1e9
+        result["overhead_us"] = (wall * processes - cpu_ns / 1e9) / count * 1e6
+    return result
+
+
+def idle_pool(peer: Peer, ctx: Context, latency: bool, idle: bool) -> dict:
+    """Start a pool, let it go idle; count its Redis commands, then time idle pickups."""
+    result: dict = {}
+    with Redis() as server, tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp:
+        env = environment(server.url, str(Path(tmp) / "bench.sqlite3") if peer.sqlite else "")
+        if peer.sqlite:
+            migrate(peer, env)
+        worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
+        worker = Worker(
+            peer.worker(peer.processes, peer.threads), worker_env, ctx.logs / f"{slug(peer)}.log"
+        )
+        try:
+            agent(peer, env, "enqueue", "noop", 1, 1)  # a first task: the pool is up and warm
+            wait_done(server.client, 1, 120, worker)
+            if idle:
+                time.sleep(2.0)
+                result.update(count_commands(server, ctx.idle_seconds))
+                result["idle_commands_per_s"] = result["client_commands"] / ctx.idle_seconds
+                result["idle_all_commands_per_s"] = result["all_commands"] / ctx.idle_seconds
+            if latency:
+                found = agent(peer, env, "latency", latency_count(peer, ctx))["latencies"]
+                result["latencies"] = found
+                result.update(percentiles(found))
+        finally:
+            worker.stop()
+    return result
+
+
+def latency_count(peer: Peer, ctx: Context) -> int:
+    # db_worker polls once a second: each sample costs ~0.6 s, so it gets fewer.
+    if peer.family == "django-tasks-db":
+        return max(10, ctx.latency_tasks // 5)
+    return ctx.latency_tasks
+
+
+def percentiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+def count_commands(server: Redis, seconds: float) -> dict:
+    """Commands the pool sends to Redis over `seconds`: MONITOR for what clients sent (a Lua
+    script counts once), INFO commandstats for everything Redis ran (scripts' calls too)."""
+    sent: Counter = Counter()
+    stop = threading.Event()
+    ready = threading.Event()
+    ours: set[str] = set()
+
+    def monitor() -> None:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            ours.add(f"127.0.0.1:{sock.getsockname()[1]}")
+            sock.sendall(b"MONITOR\r\n")
+            sock.settimeout(0.2)
+            buffer = b""
+            while not stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                buffer += data
+                *lines, buffer = buffer.split(b"\r\n")
+                for line in lines:
+                    if line == b"+OK":
+                        ready.set()
+                        continue
+                    try:
+                        origin = line.split(b"[", 1)[1].split(b"]", 1)[0].decode()
+                        command = line.split(b'"', 2)[1].decode().lower()
+                    except IndexError:
+                        continue
+                    address = origin.split(" ", 1)[-1]
+                    if "lua" in origin or address in ours:
+                        continue
+                    sent[command] += 1
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    ready.wait(5)
+    with socket.create_connection(("127.0.0.1", server.port)) as info:
+        ours.add(f"127.0.0.1:{info.getsockname()[1]}")
+        before = commandstats(info)
+        stop.wait(seconds)
+        after = commandstats(info)
+    stop.set()
+    thread.join(2)
+    ran = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    for ignored in ("info", "monitor"):
+        ran.pop(ignored, None)
+    return {
+        "client_commands": sum(sent.values()),
+        "client_breakdown": dict(sent.most_common()),
+        "all_commands": sum(ran.values()),
+        "all_breakdown": {k: v for k, v in sorted(ran.items(), key=lambda kv: -kv[1]) if v},
+    }
+
+
+def commandstats(sock: socket.socket) -> dict[str, int]:
+    """Calls per command from INFO commandstats, over a raw connection of known address."""
+    sock.sendall(b"INFO commandstats\r\n")
+    data = b""
+    while True:
+        data += sock.recv(65536)
+        header, _, body = data.partition(b"\r\n")
+        if header.startswith(b"$") and len(body) >= int(header[1:]):
+            break
+    calls = {}
+    for line in body.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, stats = line.removeprefix("cmdstat_").split(":", 1)
+            calls[name] = int(stats.split(",")[0].removeprefix("calls="))
+    return calls
+
+
+def calibrate(repeats: int = 3000) -> dict:
+    """The task body's own reporting cost: one pipelined INCR + INCRBY round trip, alone."""
+    with Redis() as server:
+        r = server.client
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for _ in range(repeats):
+            pipe = r.pipeline(transaction=False)
+            pipe.incr("x")
+            pipe.incrby("y", 5)
+            pipe.execute()
+        return {
+            "report_wall_us": (time.perf_counter() - wall) / repeats * 1e6,
+            "report_cpu_us": (time.thread_time() - cpu) / repeats * 1e6,
+        }
+
+
+# --- running it all -----------------------------------------------------------------------
+
+
+def slug(peer: Peer) -> str:
+    return "".join(c if c.isalnum() else "-" for c in peer.name.lower())
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def run_peer(peer: Peer, ctx: Context, runs: int, figures: set[str]) -> list[dict]:
+    out = []
+    wanted = figures & set(peer.figures)
+    for i in range(runs):
+        record: dict = {}
+        if "throughput" in wanted:
+            record["noop"] = drain(peer, ctx, "noop", ctx.tasks, peer.processes, peer.threads)
+            log(
+                f"  {peer.name} run {i + 1}: {record['noop']['throughput']:,.0f} tasks/s, "
+                f"{record['noop']['cpu_per_task'] * 1e6:,.0f} µs CPU/task, "
+                f"enqueue {record['noop']['enqueue_rate']:,.0f}/s"
+            )
+        if wanted & {"latency", "idle"}:
+            record["idle"] = idle_pool(peer, ctx, "latency" in wanted, "idle" in wanted)
+            idle = record["idle"]
+            log(
+                f"  {peer.name} run {i + 1}: "
+                + (
+                    f"pickup p50 {idle['p50'] * 1e3:.2f} ms p95 {idle['p95'] * 1e3:.2f} ms "
+                    f"p99 {idle['p99'] * 1e3:.2f} ms; "
+                    if "p50" in idle
+                    else ""
+                )
+                + (
+                    f"idle {idle['idle_commands_per_s']:.2f} commands/s {idle['client_breakdown']}"
+                    if "idle_commands_per_s" in idle
+                    else ""
+                )
+            )
+        if "overhead" in wanted:
+            # Two worker processes, one thread each: CPU-bound work wants processes.
+            record["burn"] = drain(peer, ctx, "burn", ctx.burn_tasks, 2, 1)
+            log(
+                f"  {peer.name} run {i + 1}: overhead "
+                f"{record['burn'].get('overhead_us', float('nan')):,.0f} µs/task (2 processes)"
+            )
+        out.append(record)
+    return out
+
+
+def machine() -> dict:
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        memory_kb = int(meminfo.readline().split()[1])
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis_server": redis_version.split(" v=")[1].split()[0]
+        if " v=" in redis_version
+        else redis_version,
+        "load_before": os.getloadavg(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, help="no-op tasks per drain (default: 20,000)")
+    parser.add_argument("--burn-tasks", type=int, help="5 ms CPU tasks per drain (default: 2,000)")
+    parser.add_argument("--latency-tasks", type=int, help="idle pickups per run (default: 200)")
+    parser.add_argument("--idle-seconds", type=float, help="idle load window (default: 10)")
+    parser.add_argument("--runs", type=int, help="runs per figure, median shown (default: 3)")
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="end a drain after this long (s), report its rate")  # fmt: skip
+    parser.add_argument("--only", nargs="+", metavar="FAMILY",
+                        help="families to run: threadmill dramatiq huey celery rq "
+                        "django-tasks-db")  # fmt: skip
+    figures = ["throughput", "latency", "idle", "overhead"]
+    parser.add_argument("--figures", nargs="+", default=figures, choices=figures)
+    parser.add_argument("--quick", action="store_true",
+                        help="2,000 tasks, 1 run, 50 pickups, 4 s idle window")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=ROOT / "docs",
+                        help="where benchmark.md and .png go (default: docs/)")  # fmt: skip
+    parser.add_argument("--no-chart", action="store_true", help="skip the matplotlib chart")
+    parser.add_argument("--upgrade", action="store_true", help="reinstall the peers' latest")
+    args = parser.parse_args(argv)
+    # --quick changes the defaults; a flag given explicitly still wins.
+    defaults = (
+        {"tasks": 2_000, "burn_tasks": 400, "latency_tasks": 50, "idle_seconds": 4.0, "runs": 1}
+        if args.quick
+        else {"tasks": 20_000, "burn_tasks": 2_000, "latency_tasks": 200, "idle_seconds": 10.0,
+              "runs": 3}
+    )  # fmt: skip
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.monotonic()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = RESULTS / f"logs-{stamp}"
+    logs.mkdir()
+    ctx = Context(
+        args.tasks, args.burn_tasks, args.latency_tasks, args.idle_seconds, args.drain_timeout, logs
+    )
+    peers = [p for p in PEERS if not args.only or p.family in args.only]
+    if not threadmill_database_exists():
+        peers = [p for p in peers if p.settings != "peers.settings_threadmill_db"]
+    families = sorted({p.family for p in peers} - {TM})
+    for family in families:
+        ensure_env(family, FAMILIES[family], args.upgrade)
+    report: dict = {
+        "when": stamp,
+        "machine": machine(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "versions": {f: versions(f, p.python()) for f, p in {p.family: p for p in peers}.items()},
+        "calibration": calibrate(),
+        "peers": {},
+    }
+    random.seed(stamp)
+    for peer in peers:
+        log(f"{peer.name} ({peer.config})")
+        report["peers"][peer.name] = {
+            "family": peer.family,
+            "config": peer.config,
+            "runs": run_peer(peer, ctx, args.runs, set(args.figures)),
+        }
+    report["seconds"] = time.monotonic() - started
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=1))
+    log(f"raw results: {RESULTS / f'{stamp}.json'} ({report['seconds']:.0f} s)")
+    import report as render  # bench/report.py
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    markdown = render.markdown(report)
+    (args.output / "benchmark.md").write_text(markdown)
+    print(markdown)
+    if not args.no_chart:
+        plot = ensure_env("plot", TOOLS["plot"], args.upgrade)
+        subprocess.run(
+            [str(plot / "bin" / "python"), str(BENCH / "chart.py"),
+             str(RESULTS / f"{stamp}.json"), str(args.output / "benchmark.png")],
+            check=True,
+        )  # fmt: skip
+    return report
+
+
+if __name__ == "__main__":
+    main()
