@@ -627,6 +627,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "django-tasks-db")  # fmt: skip
     figures = ["throughput", "latency", "idle", "overhead"]
     parser.add_argument("--figures", nargs="+", default=figures, choices=figures)
+    parser.add_argument("--peers", nargs="+", metavar="NAME",
+                        help="rows to run, by name, e.g. 'threadmill database'")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--quick", action="store_true",
                         help="2,000 tasks, 1 run, 50 pickups, 4 s idle window")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "docs",
@@ -658,6 +661,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.tasks, args.burn_tasks, args.latency_tasks, args.idle_seconds, args.drain_timeout, logs
     )
     peers = [p for p in PEERS if not args.only or p.family in args.only]
+    if args.peers:
+        peers = [p for p in peers if p.name in args.peers]
     if not threadmill_database_exists():
         peers = [p for p in peers if p.settings != "peers.settings_threadmill_db"]
     families = sorted({p.family for p in peers} - {TM})
@@ -682,6 +687,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["seconds"] = time.monotonic() - started
     (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=1))
     log(f"raw results: {RESULTS / f'{stamp}.json'} ({report['seconds']:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
     import report as render  # bench/report.py
 
     args.output.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""The benchmark's threadmill part, tiny: it must keep running (the full run is not in CI)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = ROOT / "threadmill" / "management" / "commands" / "threadmill.py"
+
+
+@pytest.mark.skipif(not COMMAND.exists(), reason="the pool command does not exist yet")
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.timeout(90)
+def test_benchmark_drains_tasks_with_threadmill_and_reports_a_throughput(tmp_path):
+    raw = tmp_path / "results.json"
+    subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "run.py"), "--peers", "threadmill",
+            "--tasks", "200", "--runs", "1", "--figures", "throughput", "--no-chart",
+            "--output", str(tmp_path), "--json", str(raw),
+        ],
+        cwd=ROOT, check=True, timeout=80, capture_output=True,
+    )  # fmt: skip
+    report = json.loads(raw.read_text())
+    noop = report["peers"]["threadmill"]["runs"][0]["noop"]
+    assert noop["complete"], noop
+    assert noop["throughput"] > 0
+    assert noop["enqueue_rate"] > 0
+    assert "| threadmill |" in (tmp_path / "benchmark.md").read_text()
