@@ -25,6 +25,7 @@ them in one Cluster slot, and every script is handed each key it touches in KEYS
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -37,7 +38,6 @@ from django.core import checks
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from django.utils.crypto import get_random_string
 
 from threadmill.backends.base import COMMON_OPTIONS, AcknowledgeableTaskBackend, lease_token
 from threadmill.backends.serialization import (
@@ -184,7 +184,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
-        task_id = get_random_string(32)
+        task_id = secrets.token_hex(16)  # 128 random bits; ~50x cheaper than get_random_string
         payload = encode_payload(task, args, kwargs)
         ready, scheduled, _, wake = self.queue_keys(task.queue_name)
         run_after = repr(task.run_after.timestamp()) if task.run_after else ""
@@ -221,7 +221,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         pool_id: str | None = None,
     ) -> list[TaskResult]:
         queue_names = self._queues(queue_names)
-        worker_id = worker_id or f"anonymous:{get_random_string(8)}"
+        worker_id = worker_id or f"anonymous:{secrets.token_hex(4)}"
         if "\t" in worker_id or (pool_id and "\t" in pool_id):
             raise ValueError("worker_id and pool_id cannot contain tab characters.")
         client = self.worker_client
@@ -237,7 +237,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._rotation += 1
-            keys[2] = self.key(f"receipt:{get_random_string(16)}")
+            keys[2] = self.key(f"receipt:{secrets.token_hex(8)}")
             reply = acquire(
                 keys=keys,
                 args=[
