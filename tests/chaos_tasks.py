@@ -10,6 +10,15 @@ from django.tasks import TaskContext, task
 from threadmill.retry import ExponentialBackoff
 
 
+def _record(line: str) -> None:
+    # One short O_APPEND write: atomic between processes, and it survives any crash of Redis.
+    fd = os.open(os.environ["THREADMILL_CHAOS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 @task(
     takes_context=True,
     retry=ExponentialBackoff(
@@ -17,12 +26,15 @@ from threadmill.retry import ExponentialBackoff
     ),
 )
 def recorded(context: TaskContext, number: int) -> int:
-    # One short O_APPEND write per execution: atomic, and it survives any crash of Redis.
-    line = f"{context.task_result.id} {os.getpid()} {context.attempt}\n".encode()
-    fd = os.open(os.environ["THREADMILL_CHAOS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    _record(f"{context.task_result.id} {os.getpid()} {context.attempt}\n")
     time.sleep(random.uniform(0, 0.004))
     return number
+
+
+@task(takes_context=True)
+def timed(context: TaskContext, seconds: float) -> float:
+    """Record when each execution starts and ends, to find two running at the same time."""
+    _record(f"S {context.task_result.id} {time.time():.6f}\n")
+    time.sleep(seconds)
+    _record(f"E {context.task_result.id} {time.time():.6f}\n")
+    return seconds

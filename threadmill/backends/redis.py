@@ -70,7 +70,7 @@ SCRIPTS = Path(__file__).with_name("lua")
 
 # A blocking wait is cut into slices no longer than this, so a silently dropped connection is
 # noticed (the socket timeout is a little longer) and the caller's deadline is kept.
-LONGEST_BLOCK = 30.0
+LONGEST_BLOCK = 10.0
 
 # How long a lease call's receipt is kept: longer than redis-py's retries of that call.
 RECEIPT_TTL = 300

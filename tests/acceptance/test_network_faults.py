@@ -1,0 +1,65 @@
+"""The pool behind a TCP proxy that cuts, stalls and slows its link to Redis."""
+
+import time
+from collections import defaultdict
+
+from django.tasks import TaskResultStatus
+
+from tests.acceptance.settings import POOL_OPTIONS
+from tests.chaos import ChaosPool
+from tests.chaos_tasks import timed
+from tests.conftest import redis_tasks_setting_for
+from tests.servers import environment, wait_for
+from tests.tcp_proxy import TcpProxy
+
+
+def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
+    redis_server, key_prefix, settings, tmp_path
+):
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, **POOL_OPTIONS)
+    from django.tasks import task_backends
+
+    backend = task_backends["default"]
+    proxy = TcpProxy(redis_server.port)
+    log_path = tmp_path / "executions.log"
+    env = environment(
+        DJANGO_SETTINGS_MODULE="tests.acceptance.settings",
+        THREADMILL_TEST_REDIS_URL=proxy.url,
+        THREADMILL_TEST_KEY_PREFIX=key_prefix,
+        THREADMILL_TEST_DB_DIR=str(tmp_path),
+        THREADMILL_CHAOS_LOG=str(log_path),
+        PYTHONUNBUFFERED="1",
+    )
+    ids = [timed.enqueue(0.03).id for _ in range(400)]  # about 3 s of work for 4 threads
+    pool = ChaosPool(0, ["--processes", "2", "--threads", "2"], env, tmp_path)
+    try:
+        wait_for(log_path.exists, timeout=30, what="the first task to start")
+        for fault in ("reset", "silent", "slow"):
+            if fault == "slow":
+                proxy.delay = 0.05
+            else:
+                proxy.cut(silent=fault == "silent")
+            time.sleep(1.5)  # the fault lasts this long: it is the test's input, not a wait
+            proxy.delay = 0.0
+            proxy.restore()
+        wait_for(
+            lambda: sum(backend.count_pending().values()) == 0,
+            timeout=90,
+            what="every task to finish",
+        )
+    finally:
+        pool.terminate()
+        proxy.stop()
+
+    statuses = {backend.get_result(task_id).status for task_id in ids}
+    assert statuses == {TaskResultStatus.SUCCESSFUL}
+    runs: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for line in log_path.read_text().splitlines():
+        kind, task_id, when = line.split()
+        runs[task_id].append((kind, float(when)))
+    assert set(runs) == set(ids)
+    for task_id, events in runs.items():
+        running = 0
+        for kind, _ in sorted(events, key=lambda event: event[1]):
+            running += 1 if kind == "S" else -1
+            assert running <= 1, f"task {task_id} ran twice at the same time"
