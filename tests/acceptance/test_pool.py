@@ -1,5 +1,6 @@
 """`manage.py threadmill` as a subprocess, against a real Redis, with real signals and crashes."""
 
+import json
 import os
 import re
 import signal
@@ -265,12 +266,19 @@ def test_sighup_replaces_every_worker_process_gracefully(start_pool, finished, b
     assert finished(pool_tasks.pid.enqueue()).return_value in new
 
 
-def test_exit_empty_drains_the_queues_and_exits_0(start_pool, backend):
+def test_exit_empty_drains_the_queues_and_exits_0_logging_one_json_line_per_task(
+    start_pool, backend
+):
     results = [pool_tasks.add.enqueue(i, i) for i in range(20)]
     results.append(pool_tasks.add.using(queue_name="low").enqueue(1, 1))
-    pool = start_pool("--processes", "2", "--exit-empty")
+    pool = start_pool("--processes", "2", "--exit-empty", "--log-format", "json")
     assert pool.wait(timeout=30) == 0
     assert all(backend.get_result(r.id).status == TaskResultStatus.SUCCESSFUL for r in results)
+    lines = [json.loads(line) for line in pool.log().splitlines() if line.startswith("{")]
+    ends = {line["task_id"]: line for line in lines if "task_id" in line}
+    assert set(ends) == {r.id for r in results}
+    assert {line["status"] for line in ends.values()} == {"SUCCESSFUL"}
+    assert all(line["task_path"] == "tests.pool_tasks.add" for line in ends.values())
 
 
 def test_badly_written_tasks_fail_and_their_worker_lives_on(start_pool, finished):

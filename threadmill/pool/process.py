@@ -210,7 +210,7 @@ class WorkerProcess:
         try:
             while True:
                 with self.cond:
-                    while not self.stopping and self.budget > 0 and self.held >= self.limit:
+                    while not self.stopping and self.budget > 0 and not self._wants_more():
                         self.cond.wait()
                     if self.stopping or self.budget <= 0:
                         break
@@ -248,6 +248,13 @@ class WorkerProcess:
             if exhausted:
                 logger.info("Worker process %s leased its --max-tasks; retiring", self.pid)
                 self.control.send(retiring=True)
+
+    def _wants_more(self) -> bool:
+        # Refill in batches: wait until half the prefetch is used up (or a thread is idle), so
+        # one round trip leases many tasks instead of one round trip per finished task.
+        if self.held >= self.limit:
+            return False
+        return len(self.buffer) <= self.config.prefetch // 2 or self.held < self.config.threads
 
     # --- executor threads -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from threadmill.pool.config import WORKER_BOOT_ERROR
 from threadmill.pool.logs import configure
 
 # Tasks leased ahead per worker process, beyond one per thread (see README, "The pool").
-DEFAULT_PREFETCH = 4
+DEFAULT_PREFETCH = 16
 
 
 class Command(BaseCommand):
