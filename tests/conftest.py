@@ -1,5 +1,7 @@
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.tasks import task_backends
@@ -82,17 +84,29 @@ def database_tasks_setting_for(database: str, **options) -> dict:
 
 def _migrated(database: str, django_db_blocker) -> str:
     from django.core.management import call_command
+    from django.db import connections
 
     with django_db_blocker.unblock():
         call_command("migrate", "threadmill", database=database, verbosity=0)
+        connections[database].close()
     return database
 
 
-def _emptied(database: str) -> None:
+@contextmanager
+def _emptied(database: str, django_db_blocker) -> Iterator[None]:
+    """Give a test empty tables, then close this thread's connection: later tests without
+    database access would otherwise find it open (and pytest-django refuses to touch it)."""
+    from django.db import connections
+
     from threadmill.models import PoolHeartbeat, TaskRecord
 
-    TaskRecord.objects.using(database).all().delete()
-    PoolHeartbeat.objects.using(database).all().delete()
+    with django_db_blocker.unblock():
+        TaskRecord.objects.using(database).all().delete()
+        PoolHeartbeat.objects.using(database).all().delete()
+        try:
+            yield
+        finally:
+            connections[database].close()
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +139,11 @@ def postgres_database(postgres_server, django_db_blocker) -> str:
 
 @pytest.fixture
 def sqlite_tasks_setting(sqlite_database, django_db_blocker):
-    with django_db_blocker.unblock():
-        _emptied(sqlite_database)
+    with _emptied(sqlite_database, django_db_blocker):
         yield database_tasks_setting_for(sqlite_database)
 
 
 @pytest.fixture
 def postgres_tasks_setting(postgres_database, django_db_blocker):
-    with django_db_blocker.unblock():
-        _emptied(postgres_database)
+    with _emptied(postgres_database, django_db_blocker):
         yield database_tasks_setting_for(postgres_database)

@@ -454,18 +454,20 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
     # --- maintenance ------------------------------------------------------------------------
 
     def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+        # One clock reading for the whole pass, so the heartbeat and the leases renewed here are
+        # never found expired by this same pass, however slow its writes are.
+        now = timezone.now()
         report = {"promoted": 0, "settled": 0, "trimmed": 0}
         if pool_id:
-            self._write(lambda: self._heartbeat(pool_id))
+            self._write(lambda: self._heartbeat(pool_id, now))
         # Scheduled tasks need no promotion here: a row is leasable as soon as due_at passes.
-        report["settled"] = self._settle_orphans()
-        report["trimmed"] = self._trim()
+        report["settled"] = self._settle_orphans(now)
+        report["trimmed"] = self._trim(now)
         return report
 
-    def _heartbeat(self, pool_id: str) -> None:
+    def _heartbeat(self, pool_id: str, now: datetime) -> None:
         """Keep the pool alive, and with it its leases (even of tasks waiting in its buffers)."""
         _, PoolHeartbeat = _models()
-        now = timezone.now()
         PoolHeartbeat.objects.using(self.database).bulk_create(
             [
                 PoolHeartbeat(
@@ -482,15 +484,14 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             lease_expires_at=now + timedelta(seconds=self.lease_ttl)
         )
 
-    def _settle_orphans(self) -> int:
+    def _settle_orphans(self, now: datetime) -> int:
         """Settle leases that expired or whose pool died, a batch per transaction."""
         settled = 0
         while True:
-            done, found = self._write(self._settle_orphan_batch)
+            done, found = self._write(lambda: self._settle_orphan_batch(now))
             settled += done
             if found < self.batch_size or not done:
                 break
-        now = timezone.now()
         running_pools = self._tasks().filter(status=RUNNING, pool_id__isnull=False)
         self._write(
             lambda: (
@@ -502,9 +503,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         )
         return settled
 
-    def _settle_orphan_batch(self) -> tuple[int, int]:
+    def _settle_orphan_batch(self, now: datetime) -> tuple[int, int]:
         with vendors.write_transaction(self.connection):
-            now = timezone.now()
             dead_pools = self._pools().filter(expires_at__lt=now).values("pool_id")
             orphans = list(
                 self._tasks()
@@ -536,10 +536,10 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
                 settled += self.settle(task_result, error)
             return settled, len(orphans)
 
-    def _trim(self) -> int:
+    def _trim(self, now: datetime) -> int:
         """Delete finished results older than result_ttl, batch_size rows per statement."""
         TaskRecord, _ = _models()
-        cutoff = timezone.now() - timedelta(seconds=self.result_ttl)
+        cutoff = now - timedelta(seconds=self.result_ttl)
         expired = self._tasks().filter(status__in=FINISHED, finished_at__lt=cutoff)
         trimmed = 0
         while True:
