@@ -1,6 +1,7 @@
 """What only the database backend promises: concurrent leasing, its idle wait, its tables."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from tests.conftest import database_tasks_setting_for
 from tests.contract_helpers import with_options
 from tests.servers import environment, wait_for
 from threadmill.backends.database import DatabaseTaskBackend
-from threadmill.models import TaskRecord
+from threadmill.models import PoolHeartbeat, TaskRecord
 
 WORKER = "testhost:1:main"
 
@@ -264,3 +265,54 @@ def test_an_in_memory_sqlite_database_is_a_system_check_error(settings, monkeypa
     )
     settings.TASKS = database_tasks_setting_for("memory")
     assert [error.id for error in task_backends["default"].check()] == ["threadmill.E012"]
+
+
+def test_a_write_lock_held_past_the_busy_timeout_never_reaches_the_caller(sqlite_tasks_setting):
+    backend = DatabaseTaskBackend("default", sqlite_tasks_setting["default"])
+    connection = connections[backend.database]
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout = 50")  # this connection gives up waiting at once
+    holder = sqlite3.connect(
+        connection.settings_dict["NAME"], isolation_level=None, check_same_thread=False
+    )
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+    release = threading.Timer(0.5, holder.commit)
+    release.start()
+    started = time.monotonic()
+    result = backend.enqueue(tasks.noop, (), {})
+    assert time.monotonic() - started >= 0.4  # it waited for the lock instead of failing
+    assert backend.get_result(result.id).status == TaskResultStatus.READY
+    release.join()
+    holder.close()
+
+
+def test_a_forgotten_pool_has_its_leases_settled_by_the_next_pass_and_is_dropped(backend):
+    enqueued = tasks.noop.enqueue()
+    backend.maintain("stopping-pool", "live-pool")
+    backend.acquire(timeout=1, worker_id=WORKER, pool_id="stopping-pool")
+    backend.forget_pool("stopping-pool")
+    assert backend.maintain("live-pool")["settled"] == 1
+    stored = backend.get_result(enqueued.id)
+    assert stored.status == TaskResultStatus.FAILED
+    assert "stopping-pool" in stored.errors[-1].traceback
+    heartbeats = PoolHeartbeat.objects.using(backend.database)
+    assert list(heartbeats.values_list("pool_id", flat=True)) == ["live-pool"]
+
+
+def test_release_pool_gives_back_every_task_the_pool_held_as_it_was(backend):
+    held = [tasks.noop.enqueue().id for _ in range(3)]
+    other = tasks.noop.enqueue().id
+    backend.maintain("crashed-pool", "other-pool")
+    assert (
+        len(backend.acquire_many(count=3, timeout=1, worker_id=WORKER, pool_id="crashed-pool")) == 3
+    )
+    assert backend.acquire(timeout=1, worker_id="other:1:x", pool_id="other-pool").id == other
+    assert backend.release_pool("crashed-pool") == 3
+    for task_id in held:
+        stored = backend.get_result(task_id)
+        assert stored.status == TaskResultStatus.READY
+        assert (stored.worker_ids, stored.started_at, stored.last_attempted_at) == ([], None, None)
+    assert backend.get_result(other).status == TaskResultStatus.RUNNING
+    assert not PoolHeartbeat.objects.using(backend.database).filter(pool_id="crashed-pool")
+    assert backend.acquire(timeout=1, worker_id=WORKER).id == held[0]  # kept its place

@@ -412,20 +412,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     def release(self, task_result: TaskResult) -> bool:
         leased = self._leased_by(task_result)
-        before = task_result.worker_ids[:-1]
-        released = self._write(
-            lambda: leased.update(
-                status=READY,
-                attempts=F("attempts") - 1,
-                worker_id=before[-1] if before else None,
-                worker_ids=encode_worker_ids(before).decode(),
-                last_attempted_at=F("prior_attempted_at"),
-                prior_attempted_at=None,
-                started_at=Case(When(attempts=1, then=None), default=F("started_at")),
-                lease_expires_at=None,
-                pool_id=None,
-            )
-        )
+        fields = _released_fields(task_result.worker_ids[:-1])
+        released = self._write(lambda: leased.update(**fields))
         if not released:
             logger.warning("Task %s not released: its lease had ended", task_result.id)
         return bool(released)
@@ -453,35 +441,37 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     # --- maintenance ------------------------------------------------------------------------
 
-    def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+    def maintain(self, *pool_ids: str | None) -> dict[str, int]:
         # One clock reading for the whole pass, so the heartbeat and the leases renewed here are
         # never found expired by this same pass, however slow its writes are.
         now = timezone.now()
         report = {"promoted": 0, "settled": 0, "trimmed": 0}
-        if pool_id:
-            self._write(lambda: self._heartbeat(pool_id, now))
+        alive = [pool_id for pool_id in pool_ids if pool_id]
+        if alive:
+            self._write(lambda: self._heartbeat(alive, now))
         # Scheduled tasks need no promotion here: a row is leasable as soon as due_at passes.
         report["settled"] = self._settle_orphans(now)
         report["trimmed"] = self._trim(now)
         return report
 
-    def _heartbeat(self, pool_id: str, now: datetime) -> None:
-        """Keep the pool alive, and with it its leases (even of tasks waiting in its buffers)."""
+    def _heartbeat(self, pool_ids: list[str], now: datetime) -> None:
+        """Keep the pools alive, and with them their leases (even of tasks in their buffers)."""
+        with vendors.write_transaction(self.connection):
+            self._set_heartbeats(pool_ids, now + timedelta(seconds=self.pool_ttl))
+            self._tasks().filter(status=RUNNING, pool_id__in=pool_ids).update(
+                lease_expires_at=now + timedelta(seconds=self.lease_ttl)
+            )
+
+    def _set_heartbeats(self, pool_ids: list[str], expires_at: datetime) -> None:
         _, PoolHeartbeat = _models()
         PoolHeartbeat.objects.using(self.database).bulk_create(
             [
-                PoolHeartbeat(
-                    backend=self.alias,
-                    pool_id=pool_id,
-                    expires_at=now + timedelta(seconds=self.pool_ttl),
-                )
+                PoolHeartbeat(backend=self.alias, pool_id=pool_id, expires_at=expires_at)
+                for pool_id in dict.fromkeys(pool_ids)
             ],
             update_conflicts=True,
             unique_fields=["backend", "pool_id"],
             update_fields=["expires_at"],
-        )
-        self._tasks().filter(status=RUNNING, pool_id=pool_id).update(
-            lease_expires_at=now + timedelta(seconds=self.lease_ttl)
         )
 
     def _settle_orphans(self, now: datetime) -> int:
@@ -553,8 +543,30 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             if deleted < self.batch_size:
                 return trimmed
 
+    def release_pool(self, pool_id: str) -> int:
+        TaskRecord, _ = _models()
+
+        def release_all() -> int:
+            with vendors.write_transaction(self.connection):
+                released = 0
+                held = self._tasks().filter(status=RUNNING, pool_id=pool_id).select_for_update()
+                for record in held:
+                    before = json.loads(record.worker_ids)[:-1]
+                    released += (
+                        TaskRecord.objects.using(self.database)
+                        .filter(seq=record.seq, status=RUNNING, attempts=record.attempts)
+                        .update(**_released_fields(before))
+                    )
+                self._pools().filter(pool_id=pool_id).delete()
+                return released
+
+        return self._write(release_all)
+
     def forget_pool(self, pool_id: str) -> None:
-        self._write(lambda: self._pools().filter(pool_id=pool_id).delete())
+        # Not a removal: a heartbeat that ended long ago. The next maintenance pass settles any
+        # lease the pool still holds (none, after a clean stop), then drops the pool.
+        ended = timezone.now() - timedelta(days=1)
+        self._write(lambda: self._set_heartbeats([pool_id], ended))
 
     def count_pending(self, *queue_names: str) -> dict[str, int]:
         now = timezone.now()
@@ -605,6 +617,21 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
                 obj=self.alias,
                 id="threadmill.W010",
             )
+
+
+def _released_fields(worker_ids_before: list[str]) -> dict[str, Any]:
+    """The fields that put a leased task back as it was before its lease."""
+    return {
+        "status": READY,
+        "attempts": F("attempts") - 1,
+        "worker_id": worker_ids_before[-1] if worker_ids_before else None,
+        "worker_ids": encode_worker_ids(worker_ids_before).decode(),
+        "last_attempted_at": F("prior_attempted_at"),
+        "prior_attempted_at": None,
+        "started_at": Case(When(attempts=1, then=None), default=F("started_at")),
+        "lease_expires_at": None,
+        "pool_id": None,
+    }
 
 
 def _append_json(array: str, element: str) -> str:

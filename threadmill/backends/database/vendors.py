@@ -88,9 +88,13 @@ def prepare(connection: BaseDatabaseWrapper) -> None:
     name = str(connection.settings_dict["NAME"])
     if name in _wal_databases or connection.is_in_memory_db():
         return
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        mode = cursor.fetchone()[0]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            mode = cursor.fetchone()[0]
+    except OperationalError as error:  # switching needs a moment alone: try again next time
+        logger.debug("SQLite database %s not switched to WAL yet: %s", name, error)
+        return
     if mode != "wal":
         logger.warning("SQLite database %s stays in journal mode %s, not WAL", name, mode)
     _wal_databases.add(name)
