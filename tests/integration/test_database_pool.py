@@ -1,0 +1,80 @@
+"""The real pool (`manage.py threadmill`) on the database backend, SQLite and PostgreSQL."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.tasks import TaskResultStatus, task_backends
+from django.utils import timezone
+
+from tests import tasks
+from tests.conftest import database_tasks_setting_for
+from tests.servers import environment
+
+# The pool, with the TASKS setting of the test (the workers are forked: they inherit it).
+POOL = """
+import json, os, sys
+import django
+from django.conf import settings
+
+django.setup()
+settings.TASKS = json.loads(os.environ["THREADMILL_TEST_TASKS"])
+from django.core.management import call_command
+
+call_command("threadmill", *sys.argv[1:])
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, settings):
+    settings.TASKS = request.getfixturevalue(f"{request.param}_tasks_setting")
+    return task_backends["default"]
+
+
+def run_pool(backend, *args: str) -> subprocess.CompletedProcess:
+    options = {"broker_interval": 0.2, "pool_ttl": 5.0}
+    env = environment(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        THREADMILL_TEST_TASKS=json.dumps(database_tasks_setting_for(backend.database, **options)),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", POOL, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_pool_drains_a_mixed_workload_and_every_task_ends_as_it_should(backend):
+    sums = [tasks.add.enqueue(i, i) for i in range(40)]
+    asynchronous = tasks.async_add.enqueue(2, 3)
+    failing = tasks.fail.enqueue("on purpose")
+    retried = tasks.always_fails_with_retries.enqueue()
+    scheduled = tasks.noop.using(run_after=timezone.now() + timedelta(seconds=1)).enqueue()
+    urgent = tasks.urgent.enqueue()
+
+    pool = run_pool(backend, "--processes", "2", "--threads", "2", "--exit-empty")
+
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    assert "locked" not in pool.stdout + pool.stderr
+    for i, result in enumerate(sums):
+        result.refresh()
+        assert (result.status, result.return_value) == (TaskResultStatus.SUCCESSFUL, 2 * i)
+    asynchronous.refresh()
+    assert asynchronous.return_value == 5
+    urgent.refresh()
+    assert urgent.return_value == "urgent"
+    failing.refresh()
+    assert failing.status == TaskResultStatus.FAILED
+    assert "on purpose" in failing.errors[-1].traceback
+    retried.refresh()
+    assert retried.status == TaskResultStatus.FAILED
+    assert len(retried.errors) == 3  # the first attempt and its two retries
+    assert len(retried.worker_ids) == 3
+    scheduled.refresh()
+    assert scheduled.status == TaskResultStatus.SUCCESSFUL
+    assert scheduled.started_at >= scheduled.task.run_after
+    assert backend.count_pending() == {"ready": 0, "scheduled": 0, "running": 0}
