@@ -247,6 +247,31 @@ def test_release_puts_the_task_back_as_it_was(backend):
     assert second.id != again.id
 
 
+def test_release_pool_gives_back_everything_a_pool_holds_and_nothing_else(backend):
+    ids = [tasks.noop.enqueue().id for _ in range(3)]
+    backend.maintain("mine", "theirs")
+    mine = backend.acquire_many(count=2, timeout=1, worker_id=WORKER, pool_id="mine")
+    theirs = backend.acquire(timeout=1, worker_id="other:1:t", pool_id="theirs")
+    assert backend.release_pool("mine") == 2
+    for result in mine:
+        stored = backend.get_result(result.id)
+        assert stored.status == TaskResultStatus.READY
+        assert stored.worker_ids == []
+    assert backend.get_result(theirs.id).status == TaskResultStatus.RUNNING
+    again = backend.acquire_many(count=5, timeout=1, worker_id=WORKER)
+    assert [r.id for r in again] == ids[:2]  # back in their places, ahead of nothing new
+    assert backend.release_pool("mine") == 0
+
+
+def test_a_forgotten_pool_has_its_leftover_leases_settled_at_once(backend):
+    tasks.noop.enqueue()
+    backend.maintain("leaving")
+    leased = backend.acquire(timeout=1, worker_id=WORKER, pool_id="leaving")
+    backend.forget_pool("leaving")
+    assert backend.maintain()["settled"] == 1
+    assert backend.get_result(leased.id).status == TaskResultStatus.FAILED
+
+
 def test_retry_records_the_error_and_queues_the_same_task_again(backend):
     enqueued = tasks.fail.enqueue()
     leased = backend.acquire(timeout=1, worker_id=WORKER)

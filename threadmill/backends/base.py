@@ -167,17 +167,26 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
         """Record the failed attempt (`task_result.errors[-1]`) and schedule the task again."""
 
     @abstractmethod
-    def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+    def maintain(self, *pool_ids: str | None) -> dict[str, int]:
         """Run one maintenance pass; safe to run from many pools at once.
 
-        Keeps `pool_id`'s heartbeat alive, moves due scheduled tasks to their queues, settles
-        orphaned leases (expired, or whose pool's heartbeat stopped) and trims expired results.
-        Returns counts of what it did.
+        Keeps the heartbeat of each of `pool_ids` alive (and renews their leases, so tasks
+        waiting in a live pool are never failed for waiting), moves due scheduled tasks to
+        their queues, settles orphaned leases (expired, or whose pool's heartbeat stopped) and
+        trims expired results. Returns counts of what it did.
+        """
+
+    @abstractmethod
+    def release_pool(self, pool_id: str) -> int:
+        """Release every task `pool_id` still holds and drop the pool; return how many.
+
+        Only for a caller that knows none of them started: the arbiter, once it has settled
+        what a dead worker process had started, gives back what the worker leased unseen.
         """
 
     @abstractmethod
     def forget_pool(self, pool_id: str) -> None:
-        """Drop a pool's heartbeat: it stopped cleanly and holds no leases any more."""
+        """Declare a pool gone now: the next maintenance pass settles what it still holds."""
 
     @abstractmethod
     def count_pending(self, *queue_names: str) -> dict[str, int]:

@@ -45,7 +45,6 @@ from threadmill.backends.serialization import (
     encode_errors,
     encode_payload,
     encode_return_value,
-    encode_worker_ids,
     synthetic_error,
     to_task_result,
 )
@@ -396,11 +395,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         client = self.worker_client
         released = self._script("release", client)(
             keys=[self.key("tasks"), running, self.key("pool_leases"), ready, wake],
-            args=[
-                task_result.id,
-                lease_token(task_result),
-                encode_worker_ids(task_result.worker_ids[:-1]),
-            ],
+            args=[task_result.id, lease_token(task_result)],
             client=client,
         )
         if not released:
@@ -426,7 +421,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
 
     # --- maintenance ------------------------------------------------------------------------
 
-    def maintain(self, pool_id: str | None = None) -> dict[str, int]:
+    def maintain(self, *pool_ids: str | None) -> dict[str, int]:
         client = self.worker_client
         queue_names = sorted(self.queues)
         keys = [self.key(name) for name in ("tasks", "pool_leases", "pools", "expiry")]
@@ -435,7 +430,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         reply = self._script("maintain", client)(
             keys=keys,
             args=[
-                pool_id or "",
+                "\n".join(pool_id for pool_id in pool_ids if pool_id),
                 self.pool_ttl,
                 self.lease_ttl,
                 self.batch_size,
@@ -474,8 +469,22 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         logger.warning("Task %s orphaned: %s", task_id, message)
         return int(self.settle(task_result, synthetic_error(AcknowledgementTimeout, message)))
 
+    def release_pool(self, pool_id: str) -> int:
+        client = self.worker_client
+        queue_names = sorted(self.queues)
+        keys = [self.key(name) for name in ("tasks", "pool_leases", "pools")]
+        for name in queue_names:
+            ready, _, running, wake = self.queue_keys(name)
+            keys.extend((ready, running, wake))
+        released = self._script("release_pool", client)(
+            keys=keys, args=[pool_id, *queue_names], client=client
+        )
+        return int(released)
+
     def forget_pool(self, pool_id: str) -> None:
-        self.worker_client.zrem(self.key("pools"), pool_id)
+        # Not a removal: a heartbeat dated long ago. The next maintenance pass settles any lease
+        # the pool still holds (none, after a clean stop), then drops the pool.
+        self.worker_client.zadd(self.key("pools"), {pool_id: 0})
 
     def count_pending(self, *queue_names: str) -> dict[str, int]:
         pipe = self._pipeline(self.client)

@@ -366,12 +366,25 @@ class Arbiter:
                 except Exception:
                     logger.exception("Could not settle task %s; trying again", task_id)
                     remaining.append(task_id)
-            if remaining:
+            # Only once what it started is settled: whatever else the worker still holds,
+            # even leases it died before reporting, never started. Give it back.
+            if remaining or not self._release_pool(leftovers.worker.pool_id):
                 self.leftovers.append(_Leftovers(leftovers.worker, leftovers.how, remaining))
-            else:
-                # Only now: what the worker did not report is left to maintenance.
-                self._forget_pool(leftovers.worker.pool_id)
         self.next_leftovers_try = time.monotonic() + 1.0
+
+    def _release_pool(self, pool_id: str) -> bool:
+        """Give back what a dead worker's pool id still holds; False to try again later."""
+        with self.pools_lock:
+            try:
+                released = self.backend.release_pool(pool_id)
+            except Exception:
+                # Its heartbeat goes on meanwhile, so nothing it holds is failed for waiting.
+                logger.exception("Could not release the tasks of %s; trying again", pool_id)
+                return False
+            self.live_pools.discard(pool_id)
+        if released:
+            logger.info("Released %d unstarted tasks of %s", released, pool_id)
+        return True
 
     def _forget_pool(self, pool_id: str) -> None:
         with self.pools_lock:
@@ -529,13 +542,10 @@ class Arbiter:
         # Runs beside the loop, so that a slow backend call never delays reaping a worker.
         while not self._broker_stop.wait(self.backend.broker_interval):
             try:
-                # One pass for each worker's heartbeat; with no worker, still one pass.
+                # One pass keeps every worker's heartbeat; under the lock, so a pool id the
+                # loop has just forgotten is not revived.
                 with self.pools_lock:
-                    pool_ids = sorted(self.live_pools)
-                for pool_id in pool_ids or [None]:
-                    with self.pools_lock:
-                        if pool_id is None or pool_id in self.live_pools:
-                            self.backend.maintain(pool_id)
+                    self.backend.maintain(*sorted(self.live_pools))
             except Exception:
                 logger.exception("Maintenance of pool %s failed", self.pool_id)
 

@@ -92,7 +92,7 @@ class WorkerProcess:
 
         # `cond` guards everything below it: the leased, unstarted tasks and the counters.
         self.cond = threading.Condition()
-        self.buffer: deque[tuple[TaskResult, float]] = deque()
+        self.buffer: deque[TaskResult] = deque()
         self.held = 0  # leased and not yet published or released: buffered + running
         self.limit = config.threads + config.prefetch
         budget = math.inf
@@ -215,7 +215,6 @@ class WorkerProcess:
                     if self.stopping or self.budget <= 0:
                         break
                     count = int(min(self.limit - self.held, self.budget))
-                leased_at = time.monotonic()
                 try:
                     leased = self.backend.acquire_many(
                         *self.config.queues,
@@ -236,7 +235,7 @@ class WorkerProcess:
                 # Before the tasks can start: the arbiter must know what to clean up if we die.
                 self.control.send(leased=[result.id for result in leased])
                 with self.cond:
-                    self.buffer.extend((result, leased_at) for result in leased)
+                    self.buffer.extend(leased)
                     self.held += len(leased)
                     self.budget -= len(leased)
                     self.cond.notify_all()
@@ -268,10 +267,10 @@ class WorkerProcess:
                         self.cond.wait()
                     if self.stopping or not self.buffer:
                         return
-                    leased, leased_at = self.buffer.popleft()
+                    leased = self.buffer.popleft()
                     self.running[threading.get_ident()] = leased.task.module_path
                 try:
-                    self._run(leased, leased_at)
+                    self._run(leased)
                 finally:
                     with self.cond:
                         del self.running[threading.get_ident()]
@@ -282,9 +281,9 @@ class WorkerProcess:
         finally:
             connections.close_all()  # this thread's own connections
 
-    def _run(self, leased: TaskResult, leased_at: float) -> None:
+    def _run(self, leased: TaskResult) -> None:
         ident = threading.get_ident()
-        timeout = self._timeout_of(leased, leased_at)
+        timeout = self._timeout_of(leased)
         self.control.send(started=leased.id, timeout=timeout)
         self._title()
         started = time.monotonic()
@@ -320,12 +319,14 @@ class WorkerProcess:
             },
         )
 
-    def _timeout_of(self, leased: TaskResult, leased_at: float) -> float:
+    def _timeout_of(self, leased: TaskResult) -> float:
         """Seconds the task may run from now: its own timeout, else --timeout, within the lease."""
         lease_ttl = self.backend.lease_ttl
-        # Leave the arbiter time to kill and settle before the lease itself runs out.
+        # Leave the arbiter time to kill and settle before the lease itself runs out. The
+        # arbiter's heartbeat renews the lease while the task waits in the buffer, so the lease
+        # is counted from now, when the task starts, not from when it was leased.
         margin = min(lease_ttl / 2, TIMEOUT_GRACE + 3 * self.backend.broker_interval)
-        lease_left = leased_at + lease_ttl - margin - time.monotonic()
+        lease_left = lease_ttl - margin
         own = getattr(leased.task, "timeout", None)
         limit = own.total_seconds() if own is not None else self.config.timeout
         return max(0.0, lease_left if limit is None else min(limit, lease_left))
@@ -404,7 +405,7 @@ class WorkerProcess:
 
     def _release_buffer(self) -> None:
         with self.cond:
-            unstarted = [result for result, _ in self.buffer]
+            unstarted = list(self.buffer)
             self.buffer.clear()
         released = []
         for result in unstarted:

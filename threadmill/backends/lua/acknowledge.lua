@@ -31,7 +31,8 @@ redis.call('HSET', tasks, id .. '.status', ARGV[3], id .. '.finished_at', now,
 if ARGV[3] == 'SUCCESSFUL' then
   redis.call('HSET', tasks, id .. '.return_value', ARGV[4])
 end
-redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at')
+redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
+  id .. '.previous_worker_ids')
 redis.call('ZREM', KEYS[2], id)
 if pool ~= '' then
   redis.call('ZREM', KEYS[3], pool .. '\t' .. id)

@@ -87,9 +87,11 @@ while taken < wanted and empty_in_a_row < queues do
     end
     local attempts = tonumber(f[6]) + 1
     local lease = attempts .. '\t' .. worker .. '\t' .. pool
+    -- The previous_* fields let a release put the task back exactly as it was.
     redis.call('HSET', tasks, id .. '.status', 'RUNNING', id .. '.started_at', started,
       id .. '.attempted_at', now, id .. '.previous_attempted_at', f[7] or '',
-      id .. '.worker_ids', workers, id .. '.attempts', attempts, id .. '.lease', lease)
+      id .. '.previous_worker_ids', f[4], id .. '.worker_ids', workers,
+      id .. '.attempts', attempts, id .. '.lease', lease)
     redis.call('ZADD', KEYS[6 + 4 * q], expiry, id)
     if pool ~= '' then
       redis.call('ZADD', KEYS[2], 0, pool .. '\t' .. id)

@@ -10,8 +10,9 @@
 -- KEYS[6+4i] scheduled   zset: id -> run_after (seconds)
 -- KEYS[7+4i] running     zset: id -> lease expiry (seconds)
 -- KEYS[8+4i] wake        list: wake-up tokens
--- ARGV[1] the calling pool's id, or "" (a live pool's heartbeat also renews its leases, so
---         tasks waiting in its prefetch buffers are never failed for waiting)
+-- ARGV[1] the ids of the live pools calling, joined by newlines, or "" (a live pool's
+--         heartbeat also renews its leases, so tasks waiting in its prefetch buffers are never
+--         failed for waiting)
 -- ARGV[2] pool time to live, seconds: a pool whose heartbeat is older is dead
 -- ARGV[3] lease time to live, seconds
 -- ARGV[4] the most items of each kind to handle in this pass
@@ -19,8 +20,7 @@
 -- Returns {promoted, trimmed, id1, lease1, reason1, id2, ...}: the orphaned leases, each with
 -- its lease string "<attempts>\t<worker id>\t<pool id>" and "expired" or "pool".
 local tasks, pool_leases, pools, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local pool, pool_ttl, lease_ttl, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4])
+local pool_ttl, lease_ttl, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now_number = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local now = string.format('%.6f', now_number)
@@ -30,9 +30,10 @@ for q = 0, queues - 1 do
   running_of[ARGV[5 + q]] = KEYS[7 + 4 * q]
 end
 
-if pool ~= '' then
-  redis.call('ZADD', pools, string.format('%.6f', now_number + pool_ttl), pool)
-  local renewed = string.format('%.6f', now_number + lease_ttl)
+local heartbeat = string.format('%.6f', now_number + pool_ttl)
+local renewed = string.format('%.6f', now_number + lease_ttl)
+for pool in string.gmatch(ARGV[1], '[^\n]+') do
+  redis.call('ZADD', pools, heartbeat, pool)
   local held = redis.call('ZRANGEBYLEX', pool_leases, '[' .. pool .. '\t', '[' .. pool .. '\t\255')
   for _, member in ipairs(held) do
     local id = string.sub(member, #pool + 2)
@@ -87,8 +88,8 @@ for _, dead_pool in ipairs(dead) do
 end
 
 local fields = {'payload', 'status', 'queue', 'order', 'enqueued_at', 'attempts', 'worker_ids',
-  'errors', 'started_at', 'attempted_at', 'previous_attempted_at', 'lease', 'final_lease',
-  'finished_at', 'return_value'}
+  'errors', 'started_at', 'attempted_at', 'previous_attempted_at', 'previous_worker_ids',
+  'lease', 'final_lease', 'finished_at', 'return_value'}
 local finished = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(finished) do
   local names = {}

@@ -7,17 +7,16 @@
 -- KEYS[5] wake         list: wake-up tokens of the task's queue
 -- ARGV[1] id
 -- ARGV[2] lease token "<attempts>\t<worker id>" of the caller
--- ARGV[3] worker_ids as they were before this lease, JSON
 -- Returns 1 when released, 0 when the caller no longer holds the lease.
 local tasks, id, token = KEYS[1], ARGV[1], ARGV[2]
 local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.attempts',
-  id .. '.previous_attempted_at')
+  id .. '.previous_attempted_at', id .. '.previous_worker_ids')
 if not f[1] or string.sub(f[1], 1, #token + 1) ~= token .. '\t' then
   return 0
 end
 local pool = string.sub(f[1], #token + 2)
 local attempts = tonumber(f[2]) - 1
-redis.call('HSET', tasks, id .. '.status', 'READY', id .. '.worker_ids', ARGV[3],
+redis.call('HSET', tasks, id .. '.status', 'READY', id .. '.worker_ids', f[4],
   id .. '.attempts', attempts)
 if f[3] and f[3] ~= '' then
   redis.call('HSET', tasks, id .. '.attempted_at', f[3])
@@ -27,7 +26,8 @@ end
 if attempts == 0 then
   redis.call('HDEL', tasks, id .. '.started_at')
 end
-redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at')
+redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
+  id .. '.previous_worker_ids')
 redis.call('ZREM', KEYS[2], id)
 if pool ~= '' then
   redis.call('ZREM', KEYS[3], pool .. '\t' .. id)

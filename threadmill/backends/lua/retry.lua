@@ -19,7 +19,8 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local pool = string.sub(lease, #token + 2)
 redis.call('HSET', tasks, id .. '.status', 'READY', id .. '.errors', ARGV[3])
-redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at')
+redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
+  id .. '.previous_worker_ids')
 redis.call('ZREM', KEYS[2], id)
 if pool ~= '' then
   redis.call('ZREM', KEYS[3], pool .. '\t' .. id)
