@@ -12,9 +12,17 @@ import sys
 TM = "threadmill"
 
 
+def derived(run: dict) -> None:
+    """Add figures computed from others: the overhead in CPU rather than wall time."""
+    burn = run.get("burn", {})
+    if "task_cpu" in burn and "cpu_overhead_us" not in burn:
+        burn["cpu_overhead_us"] = (burn["cpu_per_task"] - burn["task_cpu"] / burn["done"]) * 1e6
+
+
 def values(peer: dict, section: str, name: str, scale: float = 1.0) -> list[float]:
     found = []
     for run in peer["runs"]:
+        derived(run)
         value = run.get(section, {}).get(name)
         if value is not None:
             found.append(value * scale)
@@ -63,6 +71,7 @@ FIGURES = {
     "p99": ("idle", "p99", 1e3, 2, "pickup p99 ms", False),
     "idle": ("idle", "idle_commands_per_s", 1, 2, "idle Redis commands/s", False),
     "overhead": ("burn", "overhead_us", 1, 0, "overhead µs/task (5 ms CPU, 2 processes)", False),
+    "cpu_overhead": ("burn", "cpu_overhead_us", 1, 0, "overhead, CPU µs/task", False),
     "enqueue": ("noop", "enqueue_rate", 1, 0, "enqueue/s (1 thread)", True),
 }
 
@@ -92,7 +101,9 @@ def markdown(report: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"{machine['os']}; Python {machine['python']}; redis-server {machine['redis_server']} "
         "(a fresh private server per measurement, `--save '' --appendonly no`). "
-        "Driver, Redis and workers share the cores.",
+        "Driver, Redis and workers share the cores; load average "
+        f"{machine['load_before'][0]:.1f} before the run, {machine.get('load_after', [0])[0]:.1f} "
+        "after (other work on the machine shows here).",
         "",
         "Versions: "
         + "; ".join(
@@ -145,12 +156,14 @@ def ratios(table, peers) -> list[str]:
         "How many times better threadmill is (above 1: threadmill wins), from the medians above.",
         "",
         "| peer | no-op throughput | worker CPU per task | pickup p50 | pickup p95 | "
-        "idle commands | overhead | enqueue |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "idle commands | overhead | overhead, CPU | enqueue |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in others:
         row = []
-        for figure in ("throughput", "cpu", "p50", "p95", "idle", "overhead", "enqueue"):
+        for figure in (
+            "throughput", "cpu", "p50", "p95", "idle", "overhead", "cpu_overhead", "enqueue",
+        ):  # fmt: skip
             ours, theirs = median(table, TM, figure), median(table, name, figure)
             higher_better = FIGURES[figure][5]
             if ours is None or theirs is None:
@@ -267,7 +280,10 @@ def method(report: dict) -> list[str]:
         "thread each: (wall × 2 − summed task CPU) / tasks. The task's own reporting round "
         f"trip (pipelined INCR + INCRBY) is in it: alone it takes "
         f"{calibration.get('report_wall_us', 0):.0f} µs wall, "
-        f"{calibration.get('report_cpu_us', 0):.0f} µs CPU.",
+        f"{calibration.get('report_cpu_us', 0):.0f} µs CPU. Wall time counts every moment a "
+        "worker process waits for a core that Redis, the driver or other work on the machine "
+        "holds; **overhead, CPU** does not: it is the pool's CPU per task (its processes, from "
+        "/proc) minus the task's own.",
         "- **Enqueue/s**: the N tasks of the throughput drain, enqueued one by one from one "
         "thread with each peer's own API (`Task.enqueue`, `send`, `delay`, `Queue.enqueue`).",
         "",

@@ -616,11 +616,11 @@ def machine() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, help="no-op tasks per drain (default: 20,000)")
-    parser.add_argument("--burn-tasks", type=int, help="5 ms CPU tasks per drain (default: 2,000)")
+    parser.add_argument("--burn-tasks", type=int, help="5 ms CPU tasks per drain (default: 1,000)")
     parser.add_argument("--latency-tasks", type=int, help="idle pickups per run (default: 200)")
     parser.add_argument("--idle-seconds", type=float, help="idle load window (default: 10)")
     parser.add_argument("--runs", type=int, help="runs per figure, median shown (default: 3)")
-    parser.add_argument("--drain-timeout", type=float, default=120.0,
+    parser.add_argument("--drain-timeout", type=float, default=40.0,
                         help="end a drain after this long (s), report its rate")  # fmt: skip
     parser.add_argument("--only", nargs="+", metavar="FAMILY",
                         help="families to run: threadmill dramatiq huey celery rq "
@@ -641,7 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = (
         {"tasks": 2_000, "burn_tasks": 400, "latency_tasks": 50, "idle_seconds": 4.0, "runs": 1}
         if args.quick
-        else {"tasks": 20_000, "burn_tasks": 2_000, "latency_tasks": 200, "idle_seconds": 10.0,
+        else {"tasks": 20_000, "burn_tasks": 1_000, "latency_tasks": 200, "idle_seconds": 10.0,
               "runs": 3}
     )  # fmt: skip
     for name, value in defaults.items():
@@ -685,6 +685,7 @@ def main(argv: list[str] | None = None) -> dict:
             "runs": run_peer(peer, ctx, args.runs, set(args.figures)),
         }
     report["seconds"] = time.monotonic() - started
+    report["machine"]["load_after"] = os.getloadavg()
     (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=1))
     log(f"raw results: {RESULTS / f'{stamp}.json'} ({report['seconds']:.0f} s)")
     if args.json:
