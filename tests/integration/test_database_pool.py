@@ -9,7 +9,7 @@ import pytest
 from django.tasks import TaskResultStatus, task_backends
 from django.utils import timezone
 
-from tests import tasks
+from tests import pool_tasks, tasks
 from tests.conftest import database_tasks_setting_for
 from tests.servers import environment
 
@@ -78,3 +78,23 @@ def test_a_pool_drains_a_mixed_workload_and_every_task_ends_as_it_should(backend
     assert scheduled.status == TaskResultStatus.SUCCESSFUL
     assert scheduled.started_at >= scheduled.task.run_after
     assert backend.count_pending() == {"ready": 0, "scheduled": 0, "running": 0}
+
+
+def test_tasks_that_crash_or_hang_their_worker_fail_alone_and_the_rest_run(backend):
+    crashes = [pool_tasks.segfault.enqueue(), pool_tasks.hard_exit.enqueue(7)]
+    hung = pool_tasks.spin_forever.enqueue()
+    sums = [pool_tasks.add.enqueue(i, 1) for i in range(10)]
+
+    pool = run_pool(backend, "--processes", "2", "--exit-empty")
+
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    for result in crashes:
+        result.refresh()
+        assert result.status == TaskResultStatus.FAILED
+        assert result.errors[-1].exception_class_path == "threadmill.exceptions.WorkerLost"
+    hung.refresh()
+    assert hung.status == TaskResultStatus.FAILED
+    assert hung.errors[-1].exception_class_path == "threadmill.exceptions.TaskTimeout"
+    for i, result in enumerate(sums):
+        result.refresh()
+        assert (result.status, result.return_value) == (TaskResultStatus.SUCCESSFUL, i + 1)
