@@ -18,6 +18,7 @@ what was never started; running tasks finish and are published before the proces
 """
 
 import ctypes
+import itertools
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ from threadmill.pool.config import (
     PoolConfig,
 )
 from threadmill.pool.control import ControlWriter
+from threadmill.retry import backoff_delay
 
 logger = logging.getLogger("threadmill.worker")
 
@@ -342,28 +344,31 @@ class WorkerProcess:
                 continue
 
     def _publish(self, finished: TaskResult) -> str:
-        """Acknowledge a finished task, or schedule its retry; return the status to log."""
+        """Acknowledge a finished task, or schedule its retry; return the status to log.
+
+        While the backend is unreachable the outcome is held and sent again with backoff, for
+        as long as it takes: a result is never dropped. (The backend's own client already
+        retries a few times; this outlasts a longer outage, such as a Redis restart.)
+        """
         delay = None
         if finished.status == TaskResultStatus.FAILED:
             delay = retry_delay(finished)  # once: a policy with side effects runs once
-        pause = 0.1
-        for attempt in range(8):
+        for attempt in itertools.count():
             try:
                 if delay is not None:
                     self.backend.retry(finished, timezone.now() + delay)
                     return f"FAILED, retry in {delay.total_seconds():g}s"
-                self.backend.acknowledge(finished)
+                self.backend.acknowledge(finished, by_holder=True)
                 return str(finished.status)
             except Exception:
-                if attempt == 7:
-                    logger.exception(
-                        "Could not publish the outcome of task %s; its lease will expire",
-                        finished.id,
-                    )
-                    return f"{finished.status}, not published"
-                logger.warning("Publishing task %s failed; retrying", finished.id, exc_info=True)
+                pause = backoff_delay(attempt + 1, 0.1, 2.0, 5.0)
+                logger.warning(
+                    "Publishing the outcome of task %s failed; holding it, next try in %gs",
+                    finished.id,
+                    pause,
+                    exc_info=attempt == 0,
+                )
                 time.sleep(pause)
-                pause = min(pause * 2, 5.0)
         raise AssertionError("unreachable")
 
     def _check_memory(self) -> None:
