@@ -72,6 +72,9 @@ FINISHED = (TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.FAILED.value)
 # How long an idle acquire waits at most before it looks at the table again anyway.
 LONGEST_WAIT = 30.0
 
+# After losing a race for due tasks, look again after this long, doubling up to 32 times it.
+RACE_BACKOFF = 0.001
+
 
 def _models():
     # The models import late: backends are built while settings load, before apps are ready.
@@ -197,12 +200,18 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         waiter = self._waiter()
         # Armed before the first look, so news arriving between the look and the wait is kept.
         waiter.arm({f"{self.alias}/{name}" for name in queues})
+        races = 0
         while True:
-            leased, next_due = self._lease(queues, count, worker_id, pool_id)
+            leased, next_due, raced = self._lease(queues, count, worker_id, pool_id)
             if leased:
                 return leased
             wait = LONGEST_WAIT if deadline is None else deadline - monotonic()
-            if next_due is not None:  # a scheduled task falls due: wake up for it
+            if raced:
+                # Due tasks were there, but others were leasing them: no notification will
+                # come for those, so look again soon (their transactions take milliseconds).
+                races += 1
+                wait = min(wait, RACE_BACKOFF * 2 ** min(races, 5))
+            elif next_due is not None:  # a scheduled task falls due: wake up for it
                 until_due = (next_due - timezone.now()).total_seconds() + 0.001
                 wait = min(wait, max(until_due, 0.001))
             if wait <= 0:
@@ -217,26 +226,26 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     def _lease(
         self, queues: list[str], count: int, worker_id: str, pool_id: str | None
-    ) -> tuple[list[TaskResult], datetime | None]:
-        """Lease up to `count` due tasks; return them, or none and when the next falls due."""
+    ) -> tuple[list[TaskResult], datetime | None, bool]:
+        """Lease up to `count` due tasks.
+
+        Returns the leased tasks, when the next scheduled task falls due, and whether due
+        tasks were seen but others leased them first.
+        """
         now = timezone.now()
         ready = self._tasks().filter(queue_name__in=queues, status=READY)
         # One indexed read, without a lock or a transaction, tells an idle caller all it needs:
         # whether to lease now, or how long to wait for the first scheduled task.
         earliest = ready.aggregate(earliest=Min("due_at"))["earliest"]
         if earliest is None or earliest > now:
-            return [], earliest
+            return [], earliest, False
 
         def lease() -> list[TaskResult]:
             with vendors.write_transaction(self.connection):
                 return self._lease_in_transaction(queues, count, worker_id, pool_id, now)
 
         leased = self._write(lease)
-        if leased:
-            return leased, None
-        # Others leased the due tasks first (or they were refused): wait for news, or for the
-        # next scheduled one.
-        return [], ready.filter(due_at__gt=now).aggregate(next=Min("due_at"))["next"]
+        return leased, None, not leased
 
     def _lease_in_transaction(
         self, queues: list[str], count: int, worker_id: str, pool_id: str | None, now: datetime
