@@ -119,6 +119,18 @@ class ChaosPool:
         self.process.wait()
 
 
+def pool_environment(redis_url: str, key_prefix: str, workdir: Path) -> dict[str, str]:
+    """The environment of a pool under test; its tasks record executions in workdir."""
+    return environment(
+        DJANGO_SETTINGS_MODULE="tests.acceptance.settings",
+        THREADMILL_TEST_REDIS_URL=redis_url,
+        THREADMILL_TEST_KEY_PREFIX=key_prefix,
+        THREADMILL_TEST_DB_DIR=str(workdir),
+        THREADMILL_CHAOS_LOG=str(workdir / "executions.log"),
+        PYTHONUNBUFFERED="1",
+    )
+
+
 def run(
     plan: Plan,
     redis: RedisServer,
@@ -132,14 +144,7 @@ def run(
     backend = task_backends["default"]
     report = Report()
     log_path = workdir / "executions.log"
-    env = environment(
-        DJANGO_SETTINGS_MODULE="tests.acceptance.settings",
-        THREADMILL_TEST_REDIS_URL=redis.url,
-        THREADMILL_TEST_KEY_PREFIX=key_prefix,
-        THREADMILL_TEST_DB_DIR=str(workdir),
-        THREADMILL_CHAOS_LOG=str(log_path),
-        PYTHONUNBUFFERED="1",
-    )
+    env = pool_environment(redis.url, key_prefix, workdir)
     started = time.monotonic()
     say(f"enqueueing {plan.tasks:,} tasks")
     ids = [recorded.enqueue(number).id for number in range(plan.tasks)]
@@ -163,12 +168,13 @@ def run(
         except Exception:  # Redis is down this moment
             return -1
 
-    while events or pending() != 0:
+    while events or (waiting := pending()) != 0:
         now = time.monotonic()
         if now - started > plan.quiescence_timeout:
             say("gave up waiting for quiescence")
             break
-        if events and now >= next_worker_kill:
+        # Workers die all along, until the last task is done (or Redis is down this moment).
+        if now >= next_worker_kill and (events or waiting > 0):
             victims = [pid for pool in pools for pid in pool.workers()]
             if victims:
                 kill(rng.choice(victims))

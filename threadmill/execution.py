@@ -10,13 +10,11 @@ from typing import Any
 
 from django.db import close_old_connections
 from django.dispatch import Signal
-from django.tasks import TaskContext, TaskResult, TaskResultStatus
-from django.tasks.base import TaskError
+from django.tasks import TaskContext, TaskResult
 from django.tasks.signals import task_finished, task_started
-from django.utils import timezone
-from django.utils.json import normalize_json
 
 from threadmill.backends.serialization import encode_return_value, error_from_exception
+from threadmill.outcomes import failed, succeeded
 
 logger = logging.getLogger("threadmill.execution")
 
@@ -54,34 +52,6 @@ def _call(task_result: TaskResult) -> Any:
         return task.call(context, *task_result.args, **task_result.kwargs)
     # Task.call runs an `async def` task to completion in its own event loop.
     return task.call(*task_result.args, **task_result.kwargs)
-
-
-def succeeded(task_result: TaskResult, value: Any) -> TaskResult:
-    """Return a copy of a task result that finished now, returning `value`."""
-    finished = _clone(task_result)
-    object.__setattr__(finished, "status", TaskResultStatus.SUCCESSFUL)
-    object.__setattr__(finished, "finished_at", timezone.now())
-    object.__setattr__(finished, "_return_value", normalize_json(value))
-    return finished
-
-
-def failed(task_result: TaskResult, error: TaskError) -> TaskResult:
-    """Return a copy of a task result that failed now with `error`."""
-    finished = _clone(task_result)
-    object.__setattr__(finished, "status", TaskResultStatus.FAILED)
-    object.__setattr__(finished, "finished_at", timezone.now())
-    object.__setattr__(finished, "errors", [*task_result.errors, error])
-    return finished
-
-
-def _clone(task_result: TaskResult) -> TaskResult:
-    # TaskResult is a frozen, slotted dataclass; copy.copy() would trip over the frozen setattr.
-    clone = object.__new__(TaskResult)
-    for name in TaskResult.__slots__:
-        object.__setattr__(clone, name, getattr(task_result, name))
-    object.__setattr__(clone, "errors", list(task_result.errors))
-    object.__setattr__(clone, "worker_ids", list(task_result.worker_ids))
-    return clone
 
 
 def _send(signal: Signal, sender: type, task_result: TaskResult) -> None:

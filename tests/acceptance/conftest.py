@@ -1,8 +1,5 @@
 """Start `manage.py threadmill` as a real subprocess against a real Redis, and watch it."""
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +10,7 @@ from django.tasks import TaskResult, task_backends
 
 from tests.acceptance.settings import POOL_OPTIONS
 from tests.conftest import redis_tasks_setting_for
+from tests.processes import children, kill
 from tests.servers import environment, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,30 +66,9 @@ class Pool:
         """Leave nothing behind: the arbiter and every worker process."""
         if self.process.poll() is None:
             for pid in self.workers():
-                _kill(pid)
+                kill(pid)
             self.process.kill()
             self.process.wait()
-
-
-def children(parent: int) -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: split after its closing one.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z":
-            pids.add(int(entry.name))
-    return pids
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

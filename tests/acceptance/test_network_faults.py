@@ -6,10 +6,10 @@ from collections import defaultdict
 from django.tasks import TaskResultStatus
 
 from tests.acceptance.settings import POOL_OPTIONS
-from tests.chaos import ChaosPool
+from tests.chaos import ChaosPool, pool_environment
 from tests.chaos_tasks import timed
 from tests.conftest import redis_tasks_setting_for
-from tests.servers import environment, wait_for
+from tests.servers import wait_for
 from tests.tcp_proxy import TcpProxy
 
 
@@ -22,14 +22,7 @@ def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
     backend = task_backends["default"]
     proxy = TcpProxy(redis_server.port)
     log_path = tmp_path / "executions.log"
-    env = environment(
-        DJANGO_SETTINGS_MODULE="tests.acceptance.settings",
-        THREADMILL_TEST_REDIS_URL=proxy.url,
-        THREADMILL_TEST_KEY_PREFIX=key_prefix,
-        THREADMILL_TEST_DB_DIR=str(tmp_path),
-        THREADMILL_CHAOS_LOG=str(log_path),
-        PYTHONUNBUFFERED="1",
-    )
+    env = pool_environment(proxy.url, key_prefix, tmp_path)
     ids = [timed.enqueue(0.03).id for _ in range(400)]  # about 3 s of work for 4 threads
     pool = ChaosPool(0, ["--processes", "2", "--threads", "2"], env, tmp_path)
     try:

@@ -6,10 +6,10 @@ from collections import Counter
 from django.tasks import TaskResultStatus
 
 from tests.acceptance.settings import POOL_OPTIONS
-from tests.chaos import ChaosPool
+from tests.chaos import ChaosPool, pool_environment
 from tests.chaos_tasks import timed
 from tests.conftest import redis_tasks_setting_for
-from tests.servers import RedisServer, environment, wait_for
+from tests.servers import RedisServer, wait_for
 
 
 def test_a_redis_outage_longer_than_the_clients_retries_loses_no_task_and_no_result(
@@ -21,14 +21,7 @@ def test_a_redis_outage_longer_than_the_clients_retries_loses_no_task_and_no_res
 
     backend = task_backends["default"]
     log_path = tmp_path / "executions.log"
-    env = environment(
-        DJANGO_SETTINGS_MODULE="tests.acceptance.settings",
-        THREADMILL_TEST_REDIS_URL=redis.url,
-        THREADMILL_TEST_KEY_PREFIX=key_prefix,
-        THREADMILL_TEST_DB_DIR=str(tmp_path),
-        THREADMILL_CHAOS_LOG=str(log_path),
-        PYTHONUNBUFFERED="1",
-    )
+    env = pool_environment(redis.url, key_prefix, tmp_path)
     ids = [timed.enqueue(0.5).id for _ in range(12)]
     pool = ChaosPool(0, ["--processes", "1", "--threads", "3"], env, tmp_path)
     try:

@@ -14,9 +14,9 @@ from django.utils import timezone
 from tests import tasks
 from tests.contract_helpers import rewrite_payload, stored_status, with_options
 from tests.servers import wait_for
-from threadmill.backends.base import with_error
 from threadmill.backends.serialization import error_from_exception, synthetic_error
 from threadmill.exceptions import InvalidReturnValue, InvalidTaskPath
+from threadmill.outcomes import failed as failed_with
 
 WORKER = "testhost:1:main"
 
@@ -29,7 +29,7 @@ def succeed(task_result, value):
 
 
 def failed(task_result, error=None):
-    return with_error(task_result, error_from_exception(error or ValueError("boom")))
+    return failed_with(task_result, error_from_exception(error or ValueError("boom")))
 
 
 def test_enqueue_returns_a_ready_result_that_get_result_finds(backend):

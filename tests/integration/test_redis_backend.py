@@ -225,10 +225,10 @@ def tasks_now_plus(seconds: float):
 
 
 def with_failure(task_result):
-    from threadmill.backends.base import with_error
     from threadmill.backends.serialization import synthetic_error
+    from threadmill.outcomes import failed as failed_with
 
-    return with_error(task_result, synthetic_error(ValueError, "failed"))
+    return failed_with(task_result, synthetic_error(ValueError, "failed"))
 
 
 def with_success(task_result):

@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core import checks
-from django.tasks import TaskContext, TaskResult, TaskResultStatus
+from django.tasks import TaskContext, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
 from django.utils import timezone
 
+from threadmill import outcomes
 from threadmill.backends.serialization import error_from_exception
 from threadmill.tasks import Task
 
@@ -196,7 +197,7 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
 
     def settle(self, task_result: TaskResult, error: TaskError, *, by_holder: bool = False) -> bool:
         """End a leased task that failed with `error`: retry it per its policy, else fail it."""
-        failed = with_error(task_result, error)
+        failed = outcomes.failed(task_result, error)
         delay = retry_delay(failed)
         if delay is not None:
             return self.retry(failed, timezone.now() + delay)
@@ -219,15 +220,6 @@ def lease_token(task_result: TaskResult) -> str:
     return f"{len(task_result.worker_ids)}\t{task_result.worker_ids[-1]}"
 
 
-def with_error(task_result: TaskResult, error: TaskError) -> TaskResult:
-    """Return a copy of a task result that failed with `error` now."""
-    failed = _copy(task_result)
-    object.__setattr__(failed, "status", TaskResultStatus.FAILED)
-    object.__setattr__(failed, "finished_at", timezone.now())
-    object.__setattr__(failed, "errors", [*task_result.errors, error])
-    return failed
-
-
 def retry_delay(failed: TaskResult) -> timedelta | None:
     """Ask the failed task's retry policy for the delay before its next attempt, or None."""
     policy = getattr(failed.task, "retry", None)
@@ -243,12 +235,3 @@ def retry_delay(failed: TaskResult) -> timedelta | None:
         logger.error("Retry policy of %s returned %r, not a timedelta", failed.task, delay)
         return None
     return delay
-
-
-def _copy(task_result: TaskResult) -> TaskResult:
-    clone = object.__new__(TaskResult)
-    for name in TaskResult.__slots__:
-        object.__setattr__(clone, name, getattr(task_result, name))
-    object.__setattr__(clone, "errors", list(task_result.errors))
-    object.__setattr__(clone, "worker_ids", list(task_result.worker_ids))
-    return clone

@@ -39,7 +39,8 @@ from django.utils import timezone
 
 from threadmill.backends.base import AcknowledgeableTaskBackend, retry_delay
 from threadmill.exceptions import TaskTimeout
-from threadmill.execution import execute, failed
+from threadmill.execution import execute
+from threadmill.outcomes import failed
 from threadmill.pool import titles
 from threadmill.pool.config import (
     FETCH_TIMEOUT,
