@@ -105,7 +105,7 @@ def markdown(report: dict) -> str:
         f"{machine['load_before'][0]:.1f} before the run, {machine.get('load_after', [0])[0]:.1f} "
         "after (other work on the machine shows here).",
         "",
-        "Versions: "
+        f"threadmill from the {report.get('threadmill_source', 'working tree')}. Versions: "
         + "; ".join(
             f"{family}: " + ", ".join(f"{k} {v}" for k, v in found.items())
             for family, found in report["versions"].items()

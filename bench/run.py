@@ -241,11 +241,32 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# Where threadmill is imported from: the working tree, or a snapshot of a commit
+# (--threadmill-rev), so that edits made while the benchmark runs do not reach it.
+SNAPSHOT: Path | None = None
+
+
+def snapshot(rev: str) -> tuple[Path, str]:
+    """Extract the `threadmill` package of commit `rev` into bench/.envs/threadmill-src."""
+    target = ENVS / "threadmill-src"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "threadmill"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target, commit
+
+
 def environment(redis_url: str, sqlite: str = "") -> dict[str, str]:
     env = {
         **os.environ,
         "BENCH_REDIS_URL": redis_url,
-        "PYTHONPATH": str(BENCH),
+        # A snapshot comes first: it hides the working tree's editable install.
+        "PYTHONPATH": os.pathsep.join(str(p) for p in (SNAPSHOT, BENCH) if p),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -630,6 +651,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", nargs="+", metavar="NAME",
                         help="rows to run, by name, e.g. 'threadmill database'")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--threadmill-rev", metavar="REV",
+                        help="run threadmill as of commit REV, e.g. HEAD")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="2,000 tasks, 1 run, 50 pickups, 4 s idle window")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "docs",
@@ -665,6 +688,11 @@ def main(argv: list[str] | None = None) -> dict:
         peers = [p for p in peers if p.name in args.peers]
     if not threadmill_database_exists():
         peers = [p for p in peers if p.settings != "peers.settings_threadmill_db"]
+    global SNAPSHOT
+    source = "working tree"
+    if args.threadmill_rev:
+        SNAPSHOT, commit = snapshot(args.threadmill_rev)
+        source = f"commit {commit[:10]}"
     families = sorted({p.family for p in peers} - {TM})
     for family in families:
         ensure_env(family, FAMILIES[family], args.upgrade)
@@ -674,6 +702,7 @@ def main(argv: list[str] | None = None) -> dict:
         "args": {k: str(v) for k, v in vars(args).items()},
         "versions": {f: versions(f, p.python()) for f, p in {p.family: p for p in peers}.items()},
         "calibration": calibrate(),
+        "threadmill_source": source,
         "peers": {},
     }
     random.seed(stamp)
