@@ -285,7 +285,11 @@ def main() -> None:
     parser.add_argument("--peer", default="threadmill", help="a threadmill row of bench/run.py")
     parser.add_argument("--skip-count", action="store_true", help="no MONITOR drain")
     parser.add_argument("--gil", action="store_true", help="sample only the GIL holder (CPU)")
+    parser.add_argument("--threadmill-rev", metavar="REV", help="profile commit REV, e.g. HEAD")
     args = parser.parse_args()
+    if args.threadmill_rev:
+        run.SNAPSHOT, commit = run.snapshot(args.threadmill_rev, "threadmill-profiled")
+        print(f"threadmill as of commit {commit[:10]}")
     peer = next(p for p in run.PEERS if p.name == args.peer and p.family == run.TM)
     plain(args.tasks, peer, args.threads)
     syscalls(args.tasks, peer, args.threads)

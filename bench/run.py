@@ -246,9 +246,9 @@ class Redis:
 SNAPSHOT: Path | None = None
 
 
-def snapshot(rev: str) -> tuple[Path, str]:
-    """Extract the `threadmill` package of commit `rev` into bench/.envs/threadmill-src."""
-    target = ENVS / "threadmill-src"
+def snapshot(rev: str, name: str = "threadmill-src") -> tuple[Path, str]:
+    """Extract the `threadmill` package of commit `rev` into bench/.envs/<name>."""
+    target = ENVS / name
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     commit = subprocess.run(
