@@ -106,7 +106,7 @@ def _emptied(database: str, django_db_blocker) -> Iterator[None]:
         try:
             yield
         finally:
-            connections[database].close()
+            connections.close_all()  # the backend's own worker connections too
 
 
 @pytest.fixture(scope="session")

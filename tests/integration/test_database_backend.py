@@ -125,7 +125,7 @@ def test_threads_leasing_at_once_never_get_the_same_task(backend):
 
 def test_an_idle_acquire_on_postgresql_sleeps_on_listen_without_querying(postgres_tasks_setting):
     backend = DatabaseTaskBackend("default", postgres_tasks_setting["default"])
-    connection = connections[backend.database]
+    connection = connections[backend.worker_database]
     with CaptureQueriesContext(connection) as queries, pytest.raises(TimeoutError):
         backend.acquire(timeout=1.0, worker_id=WORKER)
     # One look before the wait and one after it, each a single read; LISTEN in between.
@@ -165,7 +165,7 @@ def _listening() -> bool:
 
 def test_an_idle_acquire_on_sqlite_polls_without_taking_the_write_lock(sqlite_tasks_setting):
     backend = DatabaseTaskBackend("default", sqlite_tasks_setting["default"])
-    connection = connections[backend.database]
+    connection = connections[backend.worker_database]
     with CaptureQueriesContext(connection) as queries, pytest.raises(TimeoutError):
         backend.acquire(timeout=1.0, worker_id=WORKER)
     statements = [q["sql"] for q in queries]

@@ -90,6 +90,9 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
+        # enqueue and get_result use the caller's connection to `database`, so an enqueue joins
+        # the caller's transaction; the pool's operations use `worker_database`, a persistent
+        # connection of their own (see vendors.worker_alias).
         self.database: str = self.settings["database"]
         self._rotation = itertools.count()
         self._local = threading.local()  # a waiter per thread: it owns a connection
@@ -97,23 +100,26 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
     # --- helpers ----------------------------------------------------------------------------
 
     @property
-    def connection(self):
-        """This thread's connection to the backend's database, ready for use."""
-        connection = connections[self.database]
-        vendors.prepare(connection)
-        return connection
+    def worker_database(self) -> str:
+        """The alias of the connection the pool's operations use."""
+        return vendors.worker_alias(self.database)
 
-    def _tasks(self) -> QuerySet:
+    @property
+    def connection(self):
+        """This thread's connection for the pool's operations, ready for use."""
+        return vendors.ready(connections[self.worker_database])
+
+    def _tasks(self, using: str | None = None) -> QuerySet:
         TaskRecord, _ = _models()
-        return TaskRecord.objects.using(self.database).filter(backend=self.alias)
+        return TaskRecord.objects.using(using or self.worker_database).filter(backend=self.alias)
 
     def _pools(self) -> QuerySet:
         _, PoolHeartbeat = _models()
-        return PoolHeartbeat.objects.using(self.database).filter(backend=self.alias)
+        return PoolHeartbeat.objects.using(self.worker_database).filter(backend=self.alias)
 
-    def _write[T](self, operation: Callable[[], T]) -> T:
+    def _write[T](self, operation: Callable[[], T], connection=None) -> T:
         """Run a write, riding out SQLite's lock waits when outside the caller's transaction."""
-        return vendors.retrying_when_locked(self.connection, operation)
+        return vendors.retrying_when_locked(connection or self.connection, operation)
 
     def _queues(self, queue_names: tuple[str, ...]) -> list[str]:
         if not queue_names:
@@ -160,7 +166,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             due_at=task.run_after or now,
         )
         # One INSERT, so no read-then-write transaction: SQLite's busy timeout applies.
-        self._write(lambda: record.save(using=self.database, force_insert=True))
+        connection = vendors.ready(connections[self.database])
+        self._write(lambda: record.save(using=self.database, force_insert=True), connection)
         result = TaskResult(
             task=task,
             id=record.result_id,
@@ -179,7 +186,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> TaskResult:
-        record = self._tasks().filter(result_id=result_id).first()
+        record = self._tasks(self.database).filter(result_id=result_id).first()
         if record is None:
             raise TaskResultDoesNotExist(result_id)
         return self._to_result(record)
@@ -221,7 +228,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
     def _waiter(self) -> vendors.Waiter:
         waiter = getattr(self._local, "waiter", None)
         if waiter is None:
-            waiter = self._local.waiter = vendors.waiter_for(self.database)
+            waiter = self._local.waiter = vendors.waiter_for(self.worker_database)
         return waiter
 
     def _lease(
@@ -269,7 +276,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             except InvalidTaskPath as error:
                 refused.append((record, error))
         if leased:
-            TaskRecord.objects.using(self.database).filter(
+            TaskRecord.objects.using(self.worker_database).filter(
                 seq__in=[record.seq for record, _ in leased]
             ).update(
                 status=RUNNING,
@@ -334,7 +341,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         errors = [TaskError(**e) for e in json.loads(record.errors)]
         errors.append(synthetic_error(InvalidTaskPath, str(error)))
         TaskRecord, _ = _models()
-        TaskRecord.objects.using(self.database).filter(seq=record.seq).update(
+        TaskRecord.objects.using(self.worker_database).filter(seq=record.seq).update(
             status=TaskResultStatus.FAILED.value,
             finished_at=now,
             errors=encode_errors(errors).decode(),
@@ -473,7 +480,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     def _set_heartbeats(self, pool_ids: list[str], expires_at: datetime) -> None:
         _, PoolHeartbeat = _models()
-        PoolHeartbeat.objects.using(self.database).bulk_create(
+        PoolHeartbeat.objects.using(self.worker_database).bulk_create(
             [
                 PoolHeartbeat(backend=self.alias, pool_id=pool_id, expires_at=expires_at)
                 for pool_id in dict.fromkeys(pool_ids)
@@ -545,7 +552,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             batch = expired.order_by("finished_at").values("seq")[: self.batch_size]
             deleted, _ = self._write(
                 lambda batch=batch: (
-                    TaskRecord.objects.using(self.database).filter(seq__in=batch).delete()
+                    TaskRecord.objects.using(self.worker_database).filter(seq__in=batch).delete()
                 )
             )
             trimmed += deleted
@@ -562,7 +569,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
                 for record in held:
                     before = json.loads(record.worker_ids)[:-1]
                     released += (
-                        TaskRecord.objects.using(self.database)
+                        TaskRecord.objects.using(self.worker_database)
                         .filter(seq=record.seq, status=RUNNING, attempts=record.attempts)
                         .update(**_released_fields(before))
                     )

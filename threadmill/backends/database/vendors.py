@@ -78,6 +78,33 @@ def retrying_when_locked[T](connection: BaseDatabaseWrapper, operation: Callable
             delay = min(delay * 2, 0.5)
 
 
+def worker_alias(database: str) -> str:
+    """Register (once) and return the alias of the pool's own connections to `database`.
+
+    Task code runs like a request: around each task, Django's close_old_connections() closes
+    the connections past CONN_MAX_AGE (all of them, by default), and reconnecting for every
+    acknowledgement would cost more than the task. This alias reaches the same database with
+    CONN_MAX_AGE None, so it stays open, and is closed only once an error made it unusable.
+    """
+    alias = f"{database}:threadmill-worker"
+    if alias not in connections.settings:
+        entry = dict(connections.settings[database])
+        entry["CONN_MAX_AGE"] = None
+        # Under Django's test runner it points at the test database of `database`.
+        entry["TEST"] = {**entry.get("TEST", {}), "MIRROR": database}
+        connections.settings[alias] = entry
+    return alias
+
+
+def ready(connection: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
+    """Drop a connection an error broke (reconnecting on use), and set SQLite up once."""
+    if not connection.in_atomic_block:
+        if connection.connection is not None and connection.errors_occurred:
+            connection.close_if_unusable_or_obsolete()
+        prepare(connection)
+    return connection
+
+
 _wal_databases: set[str] = set()
 
 
