@@ -248,6 +248,10 @@ def test_expired_results_are_trimmed_in_batches_and_nothing_else_is(backend):
     )
 
 
+def test_a_database_backend_on_a_known_database_passes_the_system_checks(backend):
+    assert list(backend.check()) == []
+
+
 def test_a_database_option_naming_no_database_is_a_system_check_error(settings):
     settings.TASKS = database_tasks_setting_for("nowhere")
     errors = task_backends["default"].check()

@@ -26,6 +26,7 @@ Limits
   0.1 s); on PostgreSQL it sleeps on LISTEN/NOTIFY.
 """
 
+import functools
 import itertools
 import json
 import logging
@@ -74,6 +75,17 @@ LONGEST_WAIT = 30.0
 
 # After losing a race for due tasks, look again after this long, doubling up to 32 times it.
 RACE_BACKOFF = 0.001
+
+
+def _gated[F: Callable](method: F) -> F:
+    """Run a method inside the fork gate (see vendors.ForkGate)."""
+
+    @functools.wraps(method)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with vendors.fork_gate.passage():
+            return method(*args, **kwargs)
+
+    return gated  # type: ignore[return-value]
 
 
 def _models():
@@ -150,6 +162,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     # --- enqueue and read -------------------------------------------------------------------
 
+    @_gated
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         TaskRecord, _ = _models()
@@ -185,6 +198,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         task_enqueued.send(type(self), task_result=result)
         return result
 
+    @_gated
     def get_result(self, result_id: str) -> TaskResult:
         record = self._tasks(self.database).filter(result_id=result_id).first()
         if record is None:
@@ -231,6 +245,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             waiter = self._local.waiter = vendors.waiter_for(self.worker_database)
         return waiter
 
+    @_gated
     def _lease(
         self, queues: list[str], count: int, worker_id: str, pool_id: str | None
     ) -> tuple[list[TaskResult], datetime | None, bool]:
@@ -363,9 +378,11 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             worker_id=task_result.worker_ids[-1],
         )
 
+    @_gated
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
         return self._acknowledge([task_result], by_holder)[0]
 
+    @_gated
     def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
         """Acknowledge several leased tasks in one transaction (one commit, one fsync)."""
         return self._acknowledge(task_results, by_holder=True)
@@ -426,6 +443,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         )
         return False
 
+    @_gated
     def release(self, task_result: TaskResult) -> bool:
         leased = self._leased_by(task_result)
         fields = _released_fields(task_result.worker_ids[:-1])
@@ -434,6 +452,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             logger.warning("Task %s not released: its lease had ended", task_result.id)
         return bool(released)
 
+    @_gated
     def retry(self, task_result: TaskResult, run_after: datetime) -> bool:
         leased = self._leased_by(task_result)
         retried = self._write(
@@ -457,6 +476,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     # --- maintenance ------------------------------------------------------------------------
 
+    @_gated
     def maintain(self, *pool_ids: str | None) -> dict[str, int]:
         # One clock reading for the whole pass, so the heartbeat and the leases renewed here are
         # never found expired by this same pass, however slow its writes are.
@@ -559,6 +579,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             if deleted < self.batch_size:
                 return trimmed
 
+    @_gated
     def release_pool(self, pool_id: str) -> int:
         TaskRecord, _ = _models()
 
@@ -578,12 +599,14 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
         return self._write(release_all)
 
+    @_gated
     def forget_pool(self, pool_id: str) -> None:
         # Not a removal: a heartbeat that ended long ago. The next maintenance pass settles any
         # lease the pool still holds (none, after a clean stop), then drops the pool.
         ended = timezone.now() - timedelta(days=1)
         self._write(lambda: self._set_heartbeats([pool_id], ended))
 
+    @_gated
     def count_pending(self, *queue_names: str) -> dict[str, int]:
         now = timezone.now()
         return (

@@ -11,6 +11,7 @@ PostgreSQL wakes idle waiters with LISTEN/NOTIFY: a trigger (migration 0002) not
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -76,6 +77,64 @@ def retrying_when_locked[T](connection: BaseDatabaseWrapper, operation: Callable
             logger.debug("SQLite database busy (%s); trying again in %.3fs", message, delay)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+class ForkGate:
+    """Keeps fork() from copying a thread that is inside the database library.
+
+    A pool's arbiter forks worker processes while its broker thread runs maintenance. Had the
+    fork caught that thread inside SQLite, the child would inherit SQLite's global mutexes
+    locked by a thread it does not have, and hang on its first connection. So every database
+    call of the backend passes this gate, and a fork waits until none is under way.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(
+            before=self._close, after_in_parent=self._open, after_in_child=self._reset
+        )
+
+    @contextmanager
+    def passage(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:  # reentrant: an operation may call another (maintain -> retry)
+            with self._condition:
+                while self._forking:
+                    self._condition.wait()
+                self._inside += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                with self._condition:
+                    self._inside = max(0, self._inside - 1)
+                    if not self._inside:
+                        self._condition.notify_all()
+
+    def _close(self) -> None:
+        # Runs in the forking thread; the lock is held across fork() so nobody enters.
+        self._condition.acquire()
+        self._forking = True
+        own = 1 if getattr(self._local, "depth", 0) else 0  # a fork from inside the gate
+        while self._inside > own:
+            self._condition.wait()
+
+    def _open(self) -> None:
+        self._forking = False
+        self._condition.notify_all()
+        self._condition.release()
+
+    def _reset(self) -> None:
+        # Also the child side of the fork: only the forking thread lives on, outside the gate.
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._forking = False
+        self._local = threading.local()
+
+
+fork_gate = ForkGate()
 
 
 def worker_alias(database: str) -> str:
@@ -161,6 +220,10 @@ class PollingWaiter(Waiter):
                 return
 
     def _version(self) -> Any:
+        with fork_gate.passage():
+            return self._read_version()
+
+    def _read_version(self) -> Any:
         connection = connections[self.database]  # this thread's
         if connection.vendor != "sqlite":
             return None
