@@ -60,6 +60,23 @@ def test_task_of_a_killed_worker_fails_with_worker_lost_and_the_worker_is_replac
     assert all(finished(r).attempts == 1 for r in prefetched)
 
 
+def test_the_prefetch_is_refilled_while_a_long_task_runs(start_pool, backend, tmp_path):
+    # Both are leased in the first call; the long one starts, and the buffer must be topped
+    # up at once, not when the long task ends.
+    long_task = pool_tasks.touch_then_sleep.enqueue(str(tmp_path / "started"), 30)
+    waiting = pool_tasks.pid.enqueue()
+    pool = start_pool("--processes", "1", "--prefetch", "2")
+    pool.booted_workers(1)
+    wait_for(lambda: (tmp_path / "started").exists(), what="the long task to start")
+    later = pool_tasks.pid.enqueue()
+    wait_for(
+        lambda: backend.get_result(later.id).status == "RUNNING",
+        what="the prefetch to be refilled",
+    )
+    assert backend.get_result(waiting.id).status == "RUNNING"
+    assert backend.get_result(long_task.id).status == "RUNNING"
+
+
 def test_task_that_segfaults_fails_with_worker_lost_naming_sigsegv(start_pool, finished):
     pool = start_pool("--processes", "1")
     (old,) = pool.booted_workers(1)

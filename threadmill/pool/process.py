@@ -272,6 +272,9 @@ class WorkerProcess:
                         return
                     leased = self.buffer.popleft()
                     self.running[threading.get_ident()] = leased.task.module_path
+                    # The buffer shrank: the fetcher may want to refill it now, not only when a
+                    # task ends (a long task would otherwise starve the prefetch).
+                    self.cond.notify_all()
                 try:
                     self._run(leased)
                 finally:
