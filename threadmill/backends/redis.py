@@ -45,6 +45,7 @@ from threadmill.backends.serialization import (
     encode_errors,
     encode_payload,
     encode_return_value,
+    enqueued_result,
     synthetic_error,
     to_task_result,
 )
@@ -193,10 +194,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                 args=[task_id, payload, task.queue_name, task.priority, run_after],
                 client=self.client,
             )
-        result = to_task_result(
-            StoredTask(id=task_id, payload=payload, status="READY", enqueued_at=enqueued_at),
-            self.alias,
-        )
+        result = enqueued_result(task, task_id, enqueued_at, args, kwargs, self.alias)
         task_enqueued.send(type(self), task_result=result)
         return result
 

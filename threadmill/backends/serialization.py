@@ -155,6 +155,26 @@ def to_task_result(stored: StoredTask, alias: str) -> TaskResult:
     return result
 
 
+def enqueued_result(
+    task: Task, task_id: str, enqueued_at: float | str, args: Any, kwargs: Any, alias: str
+) -> TaskResult:
+    """The READY TaskResult of a task just enqueued (no need to decode what we just encoded)."""
+    return TaskResult(
+        task=task,
+        id=task_id,
+        status=TaskResultStatus.READY,
+        enqueued_at=_datetime(enqueued_at),
+        started_at=None,
+        last_attempted_at=None,
+        finished_at=None,
+        args=args,
+        kwargs=kwargs,
+        backend=alias,
+        errors=[],
+        worker_ids=[],
+    )
+
+
 def _datetime(timestamp: float | bytes | str | None) -> datetime | None:
     if timestamp is None or timestamp == b"" or timestamp == "":
         return None
