@@ -145,6 +145,13 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
         `pool_id` ties the leases to that pool's heartbeat.
         """
 
+    def interrupt(self, worker_id: str) -> None:
+        """Make a blocked `acquire_many` of `worker_id` return now (empty), e.g. to stop.
+
+        An interrupt sent while that worker is not waiting ends its next wait at once.
+        Backends whose waits are short anyway need not do anything.
+        """
+
     @abstractmethod
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
         """Publish the final result of a leased task and end its lease, atomically.

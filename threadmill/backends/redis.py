@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -68,9 +69,23 @@ logger = logging.getLogger("threadmill.backends.redis")
 
 SCRIPTS = Path(__file__).with_name("lua")
 
-# A blocking wait is cut into slices no longer than this, so a silently dropped connection is
-# noticed (the socket timeout is a little longer) and the caller's deadline is kept.
-LONGEST_BLOCK = 10.0
+# A blocking wait is cut into slices no longer than this, so a stalled connection is noticed
+# (the socket timeout is a little longer; TCP keepalive notices a dead peer sooner).
+LONGEST_BLOCK = 30.0
+
+# A peer that stops answering is found within about 10 + 3 x 3 seconds, even mid-wait.
+KEEPALIVE = {
+    option: value
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 10),
+        (getattr(socket, "TCP_KEEPINTVL", None), 3),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+    )
+    if option is not None
+}
+
+# How long an interrupt waits for the worker it is meant for, if it is not blocked now.
+INTERRUPT_TTL = 60
 
 # How long a lease call's receipt is kept: longer than redis-py's retries of that call.
 RECEIPT_TTL = 300
@@ -143,6 +158,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                 socket_connect_timeout=5.0,
                 socket_timeout=socket_timeout,
                 socket_keepalive=True,
+                socket_keepalive_options=KEEPALIVE,
                 retry=retry,
             )
         return redis.Redis.from_url(
@@ -150,6 +166,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             socket_connect_timeout=5.0,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
+            socket_keepalive_options=KEEPALIVE,
             health_check_interval=30,
             retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -225,11 +242,12 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         # The receipt key is new for each call, and redis-py resends a call unchanged when its
         # connection fails: so a resent call finds its receipt and leases nothing twice.
         keys = [self.key("tasks"), self.key("pool_leases"), ""]
-        wake_keys = []
+        wait_keys = []
         for name in queue_names:
             queue_keys = self.queue_keys(name)
             keys.extend(queue_keys)
-            wake_keys.append(queue_keys[3])
+            wait_keys.append(queue_keys[3])
+        wait_keys.append(self._interrupt_key(worker_id))  # last: see _wait_for_work
         acquire = self._script("acquire", client)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -252,16 +270,43 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             leased = self._leased(reply, worker_id)
             if leased or len(reply) > 2:
                 return leased
-            wait = LONGEST_BLOCK if deadline is None else deadline - time.monotonic()
-            if reply[1]:  # a scheduled task falls due: wake up for it
-                wait = min(wait, max(0.0, float(reply[1]) - float(reply[0])) + 0.001)
-            if wait <= 0:
+            due = None  # when the earliest scheduled task falls due, on our clock
+            if reply[1]:
+                due = time.monotonic() + max(0.0, float(reply[1]) - float(reply[0])) + 0.001
+            if not self._wait_for_work(client, wait_keys, deadline, due):
                 return []
+
+    def _wait_for_work(
+        self, client: "redis.Redis", wait_keys: list[str], deadline: float | None, due: float | None
+    ) -> bool:
+        """Block until something may be leasable: True to look again, False to give up.
+
+        Every enqueue, retry, release and promotion pushes a wake-up token, so a wait that ends
+        without one means nothing was queued: wait again without asking (an idle worker costs
+        one command per LONGEST_BLOCK). A token on the worker's own interrupt key gives up.
+        """
+        while True:
+            now = time.monotonic()
+            if due is not None and now >= due:
+                return True
+            ends = [t for t in (deadline, due) if t is not None]
+            wait = min(ends) - now if ends else LONGEST_BLOCK
+            if deadline is not None and now >= deadline:
+                return False
             # BLPOP takes a float timeout (0 would mean "for ever"): never pass 0.
-            woken = client.blpop(wake_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
-            out_of_time = deadline is not None and time.monotonic() >= deadline
-            if woken is None and not reply[1] and out_of_time:
-                return []  # nothing was queued while we waited: no need to look again
+            woken = client.blpop(wait_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
+            if woken is not None:
+                return _text(woken[0]) != wait_keys[-1]
+
+    def interrupt(self, worker_id: str) -> None:
+        key = self._interrupt_key(worker_id)
+        pipe = self._pipeline(self.worker_client)
+        pipe.lpush(key, "1")
+        pipe.expire(key, INTERRUPT_TTL)
+        pipe.execute()
+
+    def _interrupt_key(self, worker_id: str) -> str:
+        return self.key(f"interrupt:{worker_id}")
 
     def _leased(self, reply: list, worker_id: str) -> list[TaskResult]:
         now, leased = reply[0], []
