@@ -35,14 +35,13 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from math import ceil
 from time import monotonic
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.db import connections
-from django.db.models import Case, Count, F, Min, Q, QuerySet, Value, When
-from django.db.models.functions import Coalesce, Concat, Length, Substr
+from django.db.models import Case, Count, F, Q, QuerySet, When
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -51,7 +50,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from threadmill.backends.base import COMMON_OPTIONS, AcknowledgeableTaskBackend
-from threadmill.backends.database import vendors
+from threadmill.backends.database import queries, vendors
 from threadmill.backends.serialization import (
     StoredTask,
     encode_errors,
@@ -73,6 +72,9 @@ FINISHED = (TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.FAILED.value)
 # How long an idle acquire waits at most before it looks at the table again anyway.
 LONGEST_WAIT = 30.0
 
+# Rows per acknowledging statement (SQLite binds at most 32,766 parameters, 7 a row).
+ACKNOWLEDGE_CHUNK = 256
+
 # After losing a race for due tasks, look again after this long, doubling up to 32 times it.
 RACE_BACKOFF = 0.001
 
@@ -86,6 +88,21 @@ def _gated[F: Callable](method: F) -> F:
             return method(*args, **kwargs)
 
     return gated  # type: ignore[return-value]
+
+
+class LeasedRow(NamedTuple):
+    """A row as the leasing statement returns it (queries.LEASED_COLUMNS)."""
+
+    seq: int
+    result_id: str
+    priority: int
+    due_at: Any  # as stored: compared only with others of the same batch
+    attempts: int
+    payload: str
+    enqueued_at: Any
+    started_at: Any
+    worker_ids: str
+    errors: str
 
 
 def _models():
@@ -216,6 +233,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         pool_id: str | None = None,
     ) -> list[TaskResult]:
         queues = self._queues(queue_names)
+        # Nobody can interrupt an anonymous worker: it needs no interrupt event.
+        interrupted = vendors.interrupts.event(worker_id) if worker_id else None
         worker_id = worker_id or f"anonymous:{get_random_string(8)}"
         deadline = None if timeout is None else monotonic() + timeout
         waiter = self._waiter()
@@ -235,9 +254,18 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             elif next_due is not None:  # a scheduled task falls due: wake up for it
                 until_due = (next_due - timezone.now()).total_seconds() + 0.001
                 wait = min(wait, max(until_due, 0.001))
-            if wait <= 0:
+            if wait <= 0 or vendors.interrupts.take(interrupted):
                 return []
-            waiter.wait(min(wait, LONGEST_WAIT))
+            waiter.wait(min(wait, LONGEST_WAIT), interrupted)
+            if vendors.interrupts.take(interrupted):
+                return []
+
+    @_gated
+    def interrupt(self, worker_id: str) -> None:
+        vendors.interrupts.event(worker_id).set()
+        # A waiter of this process sleeps in LISTEN: any notification makes it look at the
+        # event. (Only waits in this process can be interrupted.)
+        vendors.wake_listeners(self.connection)
 
     def _waiter(self) -> vendors.Waiter:
         waiter = getattr(self._local, "waiter", None)
@@ -255,108 +283,122 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         tasks were seen but others leased them first.
         """
         now = timezone.now()
-        ready = self._tasks().filter(queue_name__in=queues, status=READY)
-        # One indexed read, without a lock or a transaction, tells an idle caller all it needs:
+        connection = self.connection
+        dialect = self._dialect(connection)
+        # While batches come back full there is surely more: lease straight away. Otherwise one
+        # indexed read, without a lock or a transaction, tells an idle caller all it needs:
         # whether to lease now, or how long to wait for the first scheduled task.
-        earliest = ready.aggregate(earliest=Min("due_at"))["earliest"]
-        if earliest is None or earliest > now:
-            return [], earliest, False
+        busy = getattr(self._local, "busy", False)
+        if not busy:
+            earliest = self._earliest_due(connection, dialect, queues)
+            if earliest is None or earliest > now:
+                return [], earliest, False
 
-        def lease() -> list[TaskResult]:
-            with vendors.write_transaction(self.connection):
-                return self._lease_in_transaction(queues, count, worker_id, pool_id, now)
+        def lease() -> tuple[list, int]:
+            if len(queues) == 1:  # one statement, a transaction of its own
+                return self._lease_rows(connection, dialect, queues, count, worker_id, pool_id, now)
+            with vendors.write_transaction(connection):
+                return self._lease_rows(connection, dialect, queues, count, worker_id, pool_id, now)
 
-        leased = self._write(lease)
-        return leased, None, not leased
-
-    def _lease_in_transaction(
-        self, queues: list[str], count: int, worker_id: str, pool_id: str | None, now: datetime
-    ) -> list[TaskResult]:
-        TaskRecord, _ = _models()
-        records = self._pick(queues, count, now)
-        leased, refused = [], []
-        worker_json = encode_worker_ids([worker_id]).decode()[1:-1]
-        lease_expires_at = now + timedelta(seconds=self.lease_ttl)
-        for record in records:
-            # The row as the UPDATE below leaves it, to build the TaskResult from.
-            record.status = RUNNING
-            record.attempts += 1
-            record.worker_id = worker_id
-            record.worker_ids = _append_json(record.worker_ids, worker_json)
-            record.prior_attempted_at = record.last_attempted_at
-            record.last_attempted_at = now
-            record.started_at = record.started_at or now
-            try:
-                leased.append((record, self._to_result(record)))
-            except InvalidTaskPath as error:
-                refused.append((record, error))
+        rows, updated = self._write(lease)
+        self._local.busy = updated == count
+        leased = self._results(rows, dialect, now)
         if leased:
-            TaskRecord.objects.using(self.worker_database).filter(
-                seq__in=[record.seq for record, _ in leased]
-            ).update(
-                status=RUNNING,
-                attempts=F("attempts") + 1,
-                worker_id=worker_id,
-                worker_ids=Case(
-                    When(worker_ids="[]", then=Value(f"[{worker_json}]")),
-                    default=Concat(
-                        Substr("worker_ids", 1, Length("worker_ids") - 1),
-                        Value(f",{worker_json}]"),
-                    ),
-                ),
-                prior_attempted_at=F("last_attempted_at"),
-                last_attempted_at=now,
-                started_at=Coalesce(F("started_at"), Value(now)),
-                pool_id=pool_id,
-                lease_expires_at=lease_expires_at,
-            )
-        for record, error in refused:
-            self._refuse(record, error, now)
-        # The batch in the order it is best run: by priority, then by turn.
-        leased.sort(key=lambda pair: (-pair[0].priority, pair[0].due_at, pair[0].seq))
-        return [result for _, result in leased]
+            return leased, None, False
+        if updated:  # every row leased was refused: others may be due, look again soon
+            return [], None, True
+        if busy:  # the look skipped above
+            earliest = self._earliest_due(connection, dialect, queues)
+            if earliest is None or earliest > now:
+                return [], earliest, False
+        return [], None, True
 
-    def _pick(self, queues: list[str], count: int, now: datetime) -> list:
-        """Lock up to `count` due rows, shared fairly among the queues (in rotating order)."""
+    def _dialect(self, connection) -> queries.Dialect:
+        dialect = getattr(self._local, "dialect", None)
+        if dialect is None or dialect.connection is not connection:
+            dialect = self._local.dialect = queries.Dialect(connection)
+        return dialect
+
+    def _earliest_due(self, connection, dialect: queries.Dialect, queues: list[str]):
+        with connection.cursor() as cursor:
+            cursor.execute(queries.earliest_due(len(queues)), [self.alias, *queues])
+            return dialect.datetime(cursor.fetchone()[0])
+
+    def _lease_rows(
+        self,
+        connection,
+        dialect: queries.Dialect,
+        queues: list[str],
+        count: int,
+        worker_id: str,
+        pool_id: str | None,
+        now: datetime,
+    ) -> tuple[list[LeasedRow], int]:
+        """Lease up to `count` due rows, shared fairly among the queues (in rotating order)."""
+        worker_json = encode_worker_ids([worker_id]).decode()[1:-1]
+        at = dialect.adapt(now)
+        expires_at = dialect.adapt(now + timedelta(seconds=self.lease_ttl))
+        sql = queries.lease(dialect.vendor)
+        leading = [worker_id, f"[{worker_json}]", f",{worker_json}]", at, at, pool_id, expires_at]
         start = next(self._rotation) % len(queues)
         active = queues[start:] + queues[:start]
-        picked: list = []
-        taken: dict[str, list[int]] = {name: [] for name in queues}
-        # Each queue gets an equal share of what is left; what a short queue leaves over goes
-        # to the queues that filled their share, in further rounds.
-        while len(picked) < count and active:
-            full = []
-            for position, name in enumerate(active):
-                share = ceil((count - len(picked)) / (len(active) - position))
-                rows = list(self._candidates(name, now, taken[name])[:share])
-                picked.extend(rows)
-                taken[name].extend(row.seq for row in rows)
-                if len(rows) == share:
-                    full.append(name)
-                if len(picked) >= count:
-                    break
-            active = full
-        return picked
+        rows: list[LeasedRow] = []
+        with connection.cursor() as cursor:
+            # Each queue gets an equal share of what is left; what a short queue leaves over
+            # goes to the queues that filled their share, in further rounds.
+            while len(rows) < count and active:
+                full = []
+                for position, name in enumerate(active):
+                    share = ceil((count - len(rows)) / (len(active) - position))
+                    cursor.execute(sql, [*leading, self.alias, name, at, share])
+                    got = cursor.fetchall()
+                    rows.extend(LeasedRow(*row) for row in got)
+                    if len(got) == share:
+                        full.append(name)
+                    if len(rows) >= count:
+                        break
+                active = full
+        return rows, len(rows)
 
-    def _candidates(self, queue_name: str, now: datetime, taken: list[int]) -> QuerySet:
-        rows = (
-            self._tasks()
-            .filter(queue_name=queue_name, status=READY, due_at__lte=now)
-            .order_by("-priority", "due_at", "seq")
-        )
-        if taken:  # rows this transaction locked already (SKIP LOCKED skips others' only)
-            rows = rows.exclude(seq__in=taken)
-        # SQLite has no row locks (its write lock is held already); PostgreSQL skips rows
-        # other transactions are leasing right now, instead of waiting for them.
-        return rows.select_for_update(skip_locked=True)
+    def _results(
+        self, rows: list[LeasedRow], dialect: queries.Dialect, now: datetime
+    ) -> list[TaskResult]:
+        """Build the leased rows' TaskResults, best first; refuse rows that name no Task."""
+        # The batch in the order it is best run: by priority, then by turn. (Times of one
+        # vendor compare as stored: SQLite's UTC text sorts as the index does.)
+        rows.sort(key=lambda row: (-row.priority, row.due_at, row.seq))
+        leased = []
+        for row in rows:
+            stored = StoredTask(
+                id=row.result_id,
+                payload=row.payload.encode(),
+                status=RUNNING,
+                worker_ids=row.worker_ids.encode(),
+                errors=row.errors.encode(),
+            )
+            try:
+                result = to_task_result(stored, self.alias)
+            except (ValueError, KeyError, TypeError, InvalidTaskPath) as error:
+                if not isinstance(error, InvalidTaskPath):
+                    error = InvalidTaskPath(f"Unreadable payload: {error!r}")
+                self._refuse(row, error, now)
+                continue
+            started_at = dialect.datetime(row.started_at)
+            # The row's times as they are: going through seconds since the epoch could round.
+            object.__setattr__(result, "enqueued_at", dialect.datetime(row.enqueued_at))
+            object.__setattr__(result, "started_at", started_at)
+            object.__setattr__(result, "last_attempted_at", now)
+            leased.append(result)
+        return leased
 
     def _refuse(self, record, error: InvalidTaskPath, now: datetime) -> None:
-        """Fail a task whose payload names no Task; nothing of it is run."""
+        """Fail a leased task whose payload names no Task; nothing of it is run."""
         logger.error("Task %s refused: %s", record.result_id, error)
         errors = [TaskError(**e) for e in json.loads(record.errors)]
         errors.append(synthetic_error(InvalidTaskPath, str(error)))
         TaskRecord, _ = _models()
-        TaskRecord.objects.using(self.worker_database).filter(seq=record.seq).update(
+        leased = {"seq": record.seq, "status": RUNNING, "attempts": record.attempts}
+        TaskRecord.objects.using(self.worker_database).filter(**leased).update(
             status=TaskResultStatus.FAILED.value,
             finished_at=now,
             errors=encode_errors(errors).decode(),
@@ -389,39 +431,49 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
     def _acknowledge(self, task_results: list[TaskResult], by_holder: bool) -> list[bool]:
         # Everything is encoded before anything is written: a bad return value writes nothing.
-        updates = [(result, self._final_fields(result, by_holder)) for result in task_results]
+        rows = [self._final_row(result) for result in task_results]
+        connection = self.connection
+        dialect = self._dialect(connection)
+        for row in rows:
+            row[4] = dialect.adapt(row[4])
 
-        def write() -> list[bool]:
-            with vendors.write_transaction(self.connection):
-                return [
-                    bool(self._leased_by(result).update(**fields)) for result, fields in updates
-                ]
+        def write_chunk(chunk: list[list[Any]]) -> set[str]:
+            params = [by_holder, *itertools.chain.from_iterable(chunk), self.alias]
+            with connection.cursor() as cursor:
+                cursor.execute(queries.acknowledge(dialect.vendor, len(chunk)), params)
+                return {result_id for (result_id,) in cursor.fetchall()}
 
-        if len(updates) == 1:  # one UPDATE is atomic on its own: no transaction needed
-            result, fields = updates[0]
-            recorded = [bool(self._write(lambda: self._leased_by(result).update(**fields)))]
-        else:
-            recorded = self._write(write)
+        def write() -> set[str]:
+            size = ACKNOWLEDGE_CHUNK
+            chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+            if len(chunks) == 1:  # one UPDATE is atomic on its own: no transaction needed
+                return write_chunk(chunks[0])
+            with vendors.write_transaction(connection):
+                return set().union(*map(write_chunk, chunks))
+
+        recorded = self._write(write) if rows else set()
         return [
-            done or self._refused(result, by_holder)
-            for done, result in zip(recorded, task_results, strict=True)
+            result.id in recorded or self._refused(result, by_holder) for result in task_results
         ]
 
-    def _final_fields(self, task_result: TaskResult, by_holder: bool) -> dict[str, Any]:
+    def _final_row(self, task_result: TaskResult) -> list[Any]:
+        """The lease token and final fields of a task result, as acknowledge() binds them."""
         if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
             raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
+        if not task_result.worker_ids:
+            raise ValueError(f"Task {task_result.id} is not leased: it has no attempt.")
         return_value = None
         if task_result.status == TaskResultStatus.SUCCESSFUL:
             return_value = encode_return_value(task_result._return_value).decode()
-        return {
-            "status": task_result.status.value,
-            "finished_at": task_result.finished_at or timezone.now(),
-            "errors": encode_errors(task_result.errors).decode(),
-            "return_value": return_value,
-            "lease_expires_at": None,
-            "pool_id": None,
-            "settled_by_holder": by_holder,
-        }
+        return [
+            task_result.id,
+            len(task_result.worker_ids),
+            task_result.worker_ids[-1],
+            task_result.status.value,
+            task_result.finished_at or timezone.now(),
+            encode_errors(task_result.errors).decode(),
+            return_value,
+        ]
 
     def _refused(self, task_result: TaskResult, by_holder: bool) -> bool:
         """Tell a holder's repeated acknowledgement (True) from a late one (logged, False)."""
@@ -671,8 +723,3 @@ def _released_fields(worker_ids_before: list[str]) -> dict[str, Any]:
         "lease_expires_at": None,
         "pool_id": None,
     }
-
-
-def _append_json(array: str, element: str) -> str:
-    """Append an encoded element to a compact JSON array, as the leasing UPDATE does in SQL."""
-    return f"[{element}]" if array == "[]" else f"{array[:-1]},{element}]"

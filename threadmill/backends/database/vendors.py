@@ -186,15 +186,52 @@ def prepare(connection: BaseDatabaseWrapper) -> None:
     _wal_databases.add(name)
 
 
+class Interrupts:
+    """The interrupt events of this process's workers, by worker id (see backend.interrupt)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    def event(self, worker_id: str) -> threading.Event:
+        with self._lock:
+            event = self._events.get(worker_id)
+            if event is None:
+                event = self._events[worker_id] = threading.Event()
+            return event
+
+    @staticmethod
+    def take(event: threading.Event | None) -> bool:
+        """Consume an interrupt: True once per interrupt sent."""
+        if event is None or not event.is_set():
+            return False
+        event.clear()
+        return True
+
+
+interrupts = Interrupts()
+
+
+def wake_listeners(connection: BaseDatabaseWrapper) -> None:
+    """Wake every LISTEN wait on the database (PostgreSQL; elsewhere waits are short slices)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, "!interrupt"])
+
+
 class Waiter:
     """Sleeps until the database may hold news for an idle acquire."""
 
     def arm(self, wanted: set[str]) -> None:
         """Start watching for `wanted` ("<alias>/<queue>"); call before looking for tasks."""
 
-    def wait(self, seconds: float) -> None:
-        """Return after `seconds`, or earlier when something may have changed."""
-        time.sleep(seconds)
+    def wait(self, seconds: float, interrupted: threading.Event | None = None) -> None:
+        """Return after `seconds`, or earlier when something may have changed or `interrupted`
+        is set."""
+        if interrupted is None:
+            time.sleep(seconds)
+        else:
+            interrupted.wait(seconds)
 
 
 class PollingWaiter(Waiter):
@@ -209,10 +246,13 @@ class PollingWaiter(Waiter):
         self.interval = POLL_FIRST
         self.version = self._version()
 
-    def wait(self, seconds: float) -> None:
+    def wait(self, seconds: float, interrupted: threading.Event | None = None) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            time.sleep(min(self.interval, left))
+            if interrupted is None:
+                time.sleep(min(self.interval, left))
+            elif interrupted.wait(min(self.interval, left)):
+                return
             self.interval = min(self.interval * 2, POLL_LONGEST)
             version = self._version()
             if version != self.version:
@@ -258,13 +298,13 @@ class NotificationWaiter(Waiter):
             logger.warning("Cannot LISTEN for new tasks (%s); polling instead", error)
             self._drop()
 
-    def wait(self, seconds: float) -> None:
+    def wait(self, seconds: float, interrupted: threading.Event | None = None) -> None:
         if self.listener is None:
-            time.sleep(min(seconds, 1.0))
+            super().wait(min(seconds, 1.0), interrupted)
             return
         try:
             for notify in self.listener.notifies(timeout=min(seconds, LONGEST_LISTEN)):
-                if notify.payload in self.wanted:
+                if notify.payload in self.wanted or (interrupted and interrupted.is_set()):
                     return
         except Exception as error:
             logger.warning("Lost the LISTEN connection (%s)", error)

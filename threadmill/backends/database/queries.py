@@ -1,0 +1,140 @@
+"""The SQL of the pool's hot path: leasing and acknowledging, one statement each.
+
+The ORM builds a query anew for every call, which cost more than the task itself; these are
+written once per vendor and shape (number of queues, of rows) and cached. Parameters are
+always bound (`%s`), never formatted in. Times are bound through the connection's own
+adaptation and read back through `Dialect.datetime`, so they are stored exactly as the ORM
+stores them (SQLite: UTC text; PostgreSQL: timestamptz).
+
+Every statement here names table `threadmill_task` (`threadmill.models.TaskRecord`).
+"""
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+
+TABLE = "threadmill_task"
+
+# The columns a lease returns, in this order (see LeasedRow in the backend).
+LEASED_COLUMNS = (
+    "seq",
+    "result_id",
+    "priority",
+    "due_at",
+    "attempts",
+    "payload",
+    "enqueued_at",
+    "started_at",
+    "worker_ids",
+    "errors",
+)
+
+
+@cache
+def lease(vendor: str) -> str:
+    """Lease up to LIMIT due tasks of one queue, best first, and return them.
+
+    Parameters: worker_id, worker_ids when it was "[]" (`[<id>]`), the suffix that replaces the
+    closing bracket otherwise (`,<id>]`), now (last_attempted_at), now (started_at unless set),
+    pool_id, lease_expires_at; then backend, queue_name, now (due_at <=), LIMIT.
+    Returns LEASED_COLUMNS of each leased row, in no particular order.
+
+    One statement, so on its own it is one transaction: on SQLite a write statement takes the
+    write lock when it starts (the busy timeout applies, as with BEGIN IMMEDIATE); PostgreSQL
+    skips rows other transactions are leasing instead of waiting for them.
+    """
+    lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+    return f"""
+UPDATE {TABLE} SET
+    status = 'RUNNING',
+    attempts = attempts + 1,
+    worker_id = %s,
+    worker_ids = CASE WHEN worker_ids = '[]' THEN %s
+                      ELSE substr(worker_ids, 1, length(worker_ids) - 1) || %s END,
+    prior_attempted_at = last_attempted_at,
+    last_attempted_at = %s,
+    started_at = COALESCE(started_at, %s),
+    pool_id = %s,
+    lease_expires_at = %s
+WHERE seq IN (
+    SELECT seq FROM {TABLE}
+    WHERE backend = %s AND queue_name = %s AND status = 'READY' AND due_at <= %s
+    ORDER BY priority DESC, due_at, seq
+    LIMIT %s{lock}
+)
+RETURNING {", ".join(LEASED_COLUMNS)}"""
+
+
+@cache
+def earliest_due(queues: int) -> str:
+    """When the first READY task of the queues is (or was) due; NULL when there is none.
+
+    Parameters: backend, then the `queues` queue names.
+    """
+    names = ", ".join(["%s"] * queues)
+    return (
+        f"SELECT MIN(due_at) FROM {TABLE} "
+        f"WHERE backend = %s AND status = 'READY' AND queue_name IN ({names})"
+    )
+
+
+@cache
+def acknowledge(vendor: str, rows: int) -> str:
+    """Record the final results of `rows` leased tasks whose lease token still matches.
+
+    Parameters: settled_by_holder; then per row result_id, attempts, worker_id (the lease
+    token), status, finished_at, errors, return_value; then backend.
+    Returns the result_id of each row written; a row missing had its lease ended.
+    """
+    if vendor == "postgresql":
+        # VALUES needs its types spelled out: a bound NULL or text says nothing of them.
+        row = "(%s, %s::integer, %s, %s, %s::timestamptz, %s, %s::text)"
+        source = (
+            f"(VALUES {', '.join([row] * rows)}) AS v"
+            "(result_id, attempts, worker_id, status, finished_at, errors, return_value)"
+        )
+        columns = ("v.result_id", "v.attempts", "v.worker_id", "v.status", "v.finished_at")
+        columns += ("v.errors", "v.return_value")
+    else:  # SQLite names the columns of VALUES column1, column2, ...
+        row = "(%s, %s, %s, %s, %s, %s, %s)"
+        source = f"(VALUES {', '.join([row] * rows)}) AS v"
+        columns = tuple(f"v.column{n}" for n in range(1, 8))
+    result_id, attempts, worker_id, status, finished_at, errors, return_value = columns
+    return f"""
+UPDATE {TABLE} SET
+    status = {status},
+    finished_at = {finished_at},
+    errors = {errors},
+    return_value = {return_value},
+    lease_expires_at = NULL,
+    pool_id = NULL,
+    settled_by_holder = %s
+FROM {source}
+WHERE {TABLE}.result_id = {result_id} AND {TABLE}.backend = %s
+    AND {TABLE}.status = 'RUNNING' AND {TABLE}.attempts = {attempts}
+    AND {TABLE}.worker_id = {worker_id}
+RETURNING {TABLE}.result_id"""
+
+
+class Dialect:
+    """How one connection's vendor stores and returns times, for raw statements."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.vendor = connection.vendor
+        self.connection = connection
+        self.adapt = connection.ops.adapt_datetimefield_value
+
+    def datetime(self, value: Any) -> datetime | None:
+        """Turn a time a statement returned into what the ORM would have returned."""
+        if value is None or self.vendor != "sqlite":
+            return value  # psycopg returns datetimes as the ORM does (the connection's zone)
+        # SQLite hands back text (or a naive datetime: Django's converter for the column type).
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if settings.USE_TZ and timezone.is_naive(value):
+            value = timezone.make_aware(value, self.connection.timezone)
+        return value
