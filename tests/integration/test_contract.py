@@ -173,6 +173,15 @@ def test_an_idle_acquire_wakes_promptly_when_a_task_is_enqueued(backend):
     assert waited < 0.3 + 0.25, f"woke {waited - 0.3:.3f}s after the enqueue"
 
 
+def test_interrupt_ends_a_blocked_acquire_of_that_worker_at_once(backend):
+    threading.Timer(0.3, backend.interrupt, args=[WORKER]).start()
+    started = time.monotonic()
+    assert backend.acquire_many(count=1, timeout=10, worker_id=WORKER) == []
+    assert time.monotonic() - started < 5
+    tasks.noop.enqueue()  # and the next wait is a normal one again
+    assert backend.acquire_many(count=1, timeout=5, worker_id=WORKER)
+
+
 def test_a_scheduled_task_is_not_leased_before_it_is_due(backend):
     run_after = timezone.now() + timedelta(seconds=0.5)
     enqueued = tasks.noop.using(run_after=run_after).enqueue()
