@@ -19,11 +19,15 @@ from report import FIGURES, stats
 
 PANELS = [
     ("throughput", "No-op throughput, tasks/s\n(higher is better)", False),
-    ("cpu", "Worker CPU per task, µs\n(lower is better)", False),
+    ("cpu", "Worker CPU per task, µs\n(lower is better; log scale)", True),
     ("p50", "Idle pickup p50, ms\n(lower is better; log scale)", True),
-    ("overhead", "Overhead on 5 ms CPU tasks, µs/task\n(lower is better)", False),
+    (
+        "overhead",
+        "Overhead on 5 ms CPU tasks, µs/task, 2 processes\n(lower is better; log scale)",
+        True,
+    ),
     ("enqueue", "Enqueue rate, one thread, tasks/s\n(higher is better)", False),
-    ("idle", "Idle Redis commands/s\n(lower is better)", False),
+    ("idle", "Idle Redis commands/s, one process\n(lower is better)", False),
 ]
 
 
@@ -47,13 +51,13 @@ def main(source: str, target: str) -> None:
         if log:
             ax.set_xscale("log")
         digits = FIGURES[name][3]
-        for y, value in enumerate(medians):
+        for y, (value, top) in enumerate(zip(medians, [s["max"] for _, s in rows], strict=True)):
             ax.annotate(
-                f"{value:,.{digits}f}", (value, y), xytext=(4, 0),
+                f"{value:,.{digits}f}", (top, y), xytext=(4, 0),
                 textcoords="offset points", va="center", fontsize=8,
             )  # fmt: skip
         ax.tick_params(axis="y", labelsize=8)
-        ax.margins(x=0.25)
+        ax.margins(x=0.3)
     machine = report["machine"]
     figure.suptitle(
         f"threadmill and its peers — {machine['cores']} cores, {machine['cpu']}, "

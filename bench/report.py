@@ -33,8 +33,10 @@ def summary(peer: dict, section: str, name: str, scale: float = 1.0) -> dict | N
     found = values(peer, section, name, scale)
     if not found:
         return None
-    partial = section in ("noop", "burn") and not all(
-        run.get(section, {}).get("complete", True) for run in peer["runs"]
+    partial = (
+        section in ("noop", "burn")
+        and name != "enqueue_rate"
+        and not all(run.get(section, {}).get("complete", True) for run in peer["runs"])
     )
     return {
         "median": statistics.median(found),
@@ -77,13 +79,17 @@ FIGURES = {
 
 
 def stats(report: dict) -> dict[str, dict[str, dict | None]]:
-    return {
+    table = {
         name: {
             figure: summary(peer, section, key, scale)
             for figure, (section, key, scale, _, _, _) in FIGURES.items()
         }
         for name, peer in report["peers"].items()
     }
+    for name, peer in report["peers"].items():
+        if peer["family"] == "django-tasks-db":
+            table[name]["idle"] = None  # it polls SQLite, not Redis: nothing to compare
+    return table
 
 
 def markdown(report: dict) -> str:
@@ -170,8 +176,10 @@ def ratios(table, peers) -> list[str]:
                 row.append("–")
             elif higher_better:
                 row.append(f"{ours / theirs:.2f}×" if theirs else "–")
+            elif theirs == 0:
+                row.append("0 vs " + number(ours, FIGURES[figure][3]))
             elif ours <= 0:
-                row.append("∞" if theirs > 0 else "=")
+                row.append("∞")
             else:
                 row.append(f"{theirs / ours:.2f}×")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
@@ -275,7 +283,7 @@ def method(report: dict) -> list[str]:
         "- **Idle Redis commands/s**: a warmed-up pool of one process, idle for the window; the "
         "commands its connections send, from `MONITOR` (a Lua script counts once; the commands "
         "a script runs are not counted). `INFO commandstats` deltas, which count those too, are "
-        "in the raw results. django-tasks-db talks to SQLite, not Redis: 0.",
+        "in the raw results. django-tasks-db polls SQLite, not Redis: not shown.",
         "- **Overhead**: tasks burning 5 ms of their thread's CPU, two worker processes of one "
         "thread each: (wall × 2 − summed task CPU) / tasks. The task's own reporting round "
         f"trip (pipelined INCR + INCRBY) is in it: alone it takes "
