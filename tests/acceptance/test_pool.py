@@ -30,7 +30,13 @@ def test_a_pool_of_processes_and_threads_runs_sync_async_and_context_tasks(start
     assert me.return_value["pid"] in workers
     host, pid, thread = me.worker_ids[0].split(":")
     assert (host, int(pid), thread) == (socket.gethostname(), me.return_value["pid"], "fetcher")
-    assert re.search(rf"Task {whoami.id} tests.pool_tasks.whoami SUCCESSFUL in \d", pool.log())
+    # Worker processes write their log lines on a timer (at most 0.2 s later), not per task.
+    wait_for(
+        lambda: re.search(
+            rf"Task {whoami.id} tests.pool_tasks.whoami SUCCESSFUL in \d", pool.log()
+        ),
+        what="the task's log line",
+    )
 
 
 def test_task_of_a_killed_worker_fails_with_worker_lost_and_the_worker_is_replaced(
@@ -221,7 +227,7 @@ def test_max_tasks_recycles_worker_processes_visible_as_new_pids(start_pool, fin
     pids = [finished(pool_tasks.pid.enqueue()).return_value for _ in range(6)]
     assert len(set(pids)) == 3
     assert all(pids.count(pid) == 2 for pid in pids)
-    assert "leased its --max-tasks; retiring" in pool.log()
+    wait_for(lambda: "leased its --max-tasks; retiring" in pool.log(), what="the retiring line")
 
 
 def test_max_memory_recycles_a_worker_after_the_task_that_passed_it(start_pool, finished):
@@ -229,7 +235,7 @@ def test_max_memory_recycles_a_worker_after_the_task_that_passed_it(start_pool, 
     (old,) = pool.booted_workers(1)
     assert finished(pool_tasks.hoard_memory.enqueue(150)).return_value == old
     assert finished(pool_tasks.pid.enqueue()).return_value != old
-    assert "passed --max-memory (120 MB)" in pool.log()
+    wait_for(lambda: "passed --max-memory (120 MB)" in pool.log(), what="the recycling line")
 
 
 def test_failing_task_is_retried_with_backoff_keeping_its_id(start_pool, finished, tmp_path):

@@ -7,14 +7,14 @@ releasing what they held), kill stuck ones, spawn to the wanted number. Besides 
 heartbeats alive in the backend however long a task runs, since no task code runs here.
 
 Each worker process leases under a pool id of its own (`<pool id>:<number>`), whose heartbeat
-the broker thread keeps. When a worker dies, the arbiter settles what it knew the worker held
-and then drops that pool id: a lease the worker took but had no time to report (killed between
-the backend's reply and its control message) is then settled by the next maintenance pass,
-instead of staying RUNNING as long as the pool lives.
+the broker thread keeps. Each also shares a scoreboard with the arbiter (`scoreboard.py`):
+which tasks it started and has not published yet, with their deadlines, and a counter its main
+thread moves (its heartbeat). No message per task crosses a pipe; the control pipe carries
+only rare events (booted, boot error, retiring).
 
-The arbiter learns from each worker's control pipe which tasks it leased and which it
-started, so a worker's death is cleaned up in seconds: its started task fails with WorkerLost
-(or TaskTimeout, or is retried per its policy), its unstarted tasks are released.
+So a worker's death is cleaned up in seconds: what its scoreboard shows started fails with
+WorkerLost (or TaskTimeout, or is retried per its policy), and then everything else its pool id
+still holds, which it never started, is given back with `backend.release_pool`.
 
 Signals: TERM/INT graceful stop (a second one: immediate), QUIT immediate, HUP reload the
 workers, TTIN/TTOU one worker process more/less.
@@ -50,6 +50,7 @@ from threadmill.pool.config import (
 from threadmill.pool.control import ControlReader
 from threadmill.pool.process import WorkerProcess
 from threadmill.pool.progress import DrainProgress
+from threadmill.pool.scoreboard import STARTED, Scoreboard
 
 logger = logging.getLogger("threadmill.arbiter")
 
@@ -71,19 +72,21 @@ class Worker:
     pid: int
     number: int
     reader: ControlReader
+    board: Scoreboard
     worker_id: str
     pool_id: str
     spawned_at: float
     last_seen: float
+    progress: int = 0  # the scoreboard's counter when last read
     booted: bool = False
     boot_error: str | None = None
-    leased: set[str] = field(default_factory=set)
-    started: dict[str, float] = field(default_factory=dict)  # task id -> its timeout
-    deadlines: dict[str, float] = field(default_factory=dict)  # task id -> time.monotonic()
+    long_ids: dict[int, str] = field(default_factory=dict)  # slot -> an id too long for it
+    started: dict[str, float] = field(default_factory=dict)  # read at burial: id -> timeout
     retiring: bool = False  # leaving (recycled, reloaded, fewer processes): not counted
     stop_sent_at: float | None = None
     kill_reason: str | None = None
-    timed_out: str | None = None  # the task whose timeout got the process killed
+    timed_out_slot: int | None = None  # the slot of the task whose timeout got it killed
+    timed_out: str | None = None  # that task, once the worker is reaped
 
 
 @dataclass(eq=False)
@@ -179,10 +182,13 @@ class Arbiter:
 
     def _next_check(self) -> float:
         now = time.monotonic()
-        soon = now + 1.0  # heartbeats and graceful timeouts need no finer look than this
+        # Heartbeats and graceful timeouts need no finer look than this. A task started since
+        # the last turn shows up at the next one: its deadline is met at most a second late.
+        soon = now + 1.0
         for worker in self.workers.values():
-            for deadline in worker.deadlines.values():
-                soon = min(soon, deadline + TIMEOUT_GRACE)
+            for task in worker.board.started():
+                if task.state == STARTED:
+                    soon = min(soon, task.deadline + TIMEOUT_GRACE)
         if self.leftovers:
             soon = min(soon, self.next_leftovers_try)
         if len(self.workers) < self.target and not self.stopping:
@@ -262,19 +268,14 @@ class Arbiter:
 
     def _read(self, worker: Worker) -> None:
         now = time.monotonic()
+        progress = worker.board.progress()
+        if progress != worker.progress:
+            worker.progress = progress
+            worker.last_seen = now
         for message in worker.reader.read():
             worker.last_seen = now
-            if "leased" in message:
-                worker.leased.update(message["leased"])
-            elif "started" in message:
-                task_id = message["started"]
-                worker.started[task_id] = message["timeout"]
-                worker.deadlines[task_id] = now + message["timeout"]
-            elif "finished" in message:
-                self._forget_task(worker, message["finished"])
-            elif "released" in message:
-                for task_id in message["released"]:
-                    self._forget_task(worker, task_id)
+            if "long_id" in message:
+                worker.long_ids[message["slot"]] = message["long_id"]
             elif "booted" in message:
                 worker.booted = True
                 self.boot_failures = 0
@@ -283,12 +284,6 @@ class Arbiter:
                 worker.boot_error = message["boot_error"]
             elif "retiring" in message:
                 worker.retiring = True
-
-    @staticmethod
-    def _forget_task(worker: Worker, task_id: str) -> None:
-        worker.leased.discard(task_id)
-        worker.started.pop(task_id, None)
-        worker.deadlines.pop(task_id, None)
 
     # --- reaping ----------------------------------------------------------------------------
 
@@ -318,17 +313,25 @@ class Arbiter:
         """Account for a worker process that is gone: what it held, why, what next."""
         self._read(worker)  # its last words are still in the pipe
         worker.reader.close()
+        # Reaped: nothing writes the scoreboard any more, so this reading is the last word.
+        for task in worker.board.started(final=True):
+            task_id = task.task_id or worker.long_ids.get(task.slot)
+            if task_id is not None:  # else it died before saying which: release_pool has it
+                worker.started[task_id] = task.timeout
+                if task.slot == worker.timed_out_slot:
+                    worker.timed_out = task_id
+        worker.board.close()
         how = describe_exit(status)
         if worker.kill_reason:
             how = f"{how} (by the arbiter: {worker.kill_reason})"
         expected = worker.stop_sent_at is not None or worker.kill_reason is not None
         if not worker.booted and not expected and not self.stopping:
             self._boot_failed(worker, how)
-        elif os.waitstatus_to_exitcode(status) != 0 or worker.leased:
+        elif os.waitstatus_to_exitcode(status) != 0 or worker.started:
             logger.error("Worker process %s %s", worker.pid, how)
         else:
             logger.info("Worker process %s exited", worker.pid)
-        self.leftovers.append(_Leftovers(worker, how, sorted(worker.leased)))
+        self.leftovers.append(_Leftovers(worker, how, sorted(worker.started)))
         self.next_leftovers_try = 0.0
         self._settle_leftovers()
 
@@ -366,8 +369,8 @@ class Arbiter:
                 except Exception:
                     logger.exception("Could not settle task %s; trying again", task_id)
                     remaining.append(task_id)
-            # Only once what it started is settled: whatever else the worker still holds,
-            # even leases it died before reporting, never started. Give it back.
+            # Only once what it started is settled: whatever else the worker still holds
+            # never started. Give it back.
             if remaining or not self._release_pool(leftovers.worker.pool_id):
                 self.leftovers.append(_Leftovers(leftovers.worker, leftovers.how, remaining))
         self.next_leftovers_try = time.monotonic() + 1.0
@@ -412,12 +415,12 @@ class Arbiter:
                 f"the task ran past its timeout of {timeout:g} seconds and did not stop; "
                 f"worker process {worker.pid} {how}",
             )
-        elif timeout is not None and worker.timed_out is None:
+        elif timeout is not None and worker.timed_out_slot is None:
             error = synthetic_error(
                 WorkerLost, f"worker process {worker.pid} {how} while running the task"
             )
         else:
-            # Never started, or an innocent bystander of another task's timeout kill.
+            # An innocent bystander of another task's timeout kill.
             self.backend.release(result)
             logger.info("Released task %s of worker process %s", task_id, worker.pid)
             return
@@ -433,13 +436,18 @@ class Arbiter:
         for worker in self.workers.values():
             if worker.kill_reason:
                 continue
-            overdue = [i for i, d in worker.deadlines.items() if now > d + TIMEOUT_GRACE]
+            overdue = [
+                task
+                for task in worker.board.started()
+                if task.state == STARTED and now > task.deadline + TIMEOUT_GRACE
+            ]
             if overdue:
-                worker.timed_out = overdue[0]
+                task = overdue[0]
+                worker.timed_out_slot = task.slot
                 self._kill(
                     worker,
-                    f"task {overdue[0]} ran past its timeout of "
-                    f"{worker.started[overdue[0]]:g}s and did not stop",
+                    f"task {task.task_id or worker.long_ids.get(task.slot)} ran past its "
+                    f"timeout of {task.timeout:g}s and did not stop",
                 )
             elif now - worker.last_seen > self.config.heartbeat_timeout:
                 self._kill(
@@ -486,6 +494,8 @@ class Arbiter:
                 return
             self.live_pools.add(pool_id)
         read_fd, write_fd = os.pipe()
+        # Created before the fork, so both sides share it.
+        board = Scoreboard(self.config.threads + self.config.prefetch)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would print our buffered output a second time
         # Signals stay blocked across the fork until the child has its own handlers, so a
@@ -495,6 +505,7 @@ class Arbiter:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            board.close()
             raise
         if pid == 0:
             # Child side of the fork: never return into the arbiter's loop.
@@ -505,7 +516,8 @@ class Arbiter:
                 for other in self.workers.values():
                     if not other.reader.closed:
                         os.close(other.reader.fd)
-                WorkerProcess(self.config, pool_id, write_fd, self.pid, number).run()
+                    other.board.close()
+                WorkerProcess(self.config, pool_id, write_fd, board, self.pid, number).run()
             finally:
                 os._exit(WORKER_BOOT_ERROR)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -515,6 +527,7 @@ class Arbiter:
             pid=pid,
             number=number,
             reader=ControlReader(read_fd),
+            board=board,
             worker_id=f"{self.hostname}:{pid}:fetcher",
             pool_id=pool_id,
             spawned_at=now,

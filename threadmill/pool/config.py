@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-# Seconds between two heartbeats of a worker process to its arbiter.
-HEARTBEAT_INTERVAL = 1.0
+# Seconds between two turns of a worker process's main loop, at most: each turn moves its
+# heartbeat on the scoreboard, writes out buffered log lines and updates the process title.
+TICK_INTERVAL = 0.2
 
 # Seconds a task may overrun its timeout after the exception raised in its thread, before the
 # arbiter kills its worker process (the task is stuck in C, where the exception cannot land).

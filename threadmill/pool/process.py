@@ -1,22 +1,36 @@
-"""A worker process: one fetcher thread leases tasks, executor threads run them.
+"""A worker process: a fetcher thread leases tasks, executor threads run them.
 
 Everything here runs in a child the arbiter forked, and `run()` never returns: it ends with
 `os._exit`, so the arbiter's stack (its loop, its `finally` blocks) never unwinds in a child.
 
 Threads and what they own:
 - the *fetcher* leases up to `threads + prefetch` tasks at a time in one backend call and
-  puts them in `buffer`; it tells the arbiter their ids *before* any can start;
-- the *executors* take tasks from `buffer`, run them (`threadmill.execution`) and publish the
-  outcome (acknowledge, or retry per the task's policy);
-- the *main thread* waits for signals, sends heartbeats to the arbiter and raises `_Deadline`
-  in an executor whose task ran past its timeout. It runs no task code, so a heartbeat stops
-  only when the whole process stops making progress (stuck in C, holding the GIL).
+  puts them in `buffer`;
+- the *executors* take tasks from `buffer`, mark each started on the scoreboard (shared with
+  the arbiter, see `scoreboard.py`) before calling its code, run it (`threadmill.execution`),
+  ask its retry policy when it failed, and publish the outcome by group commit: an executor
+  that finds no publication in flight sends every outcome waiting, its own included, in one
+  round trip (`acknowledge_many`; retries one by one); one that finds a publication in flight
+  queues its outcome and waits for the next. So an idle pool adds no latency, and the more
+  threads finish at once, the more outcomes share a round trip. Outcomes are held through a
+  backend outage and only then are their scoreboard slots freed;
+- the *main thread* waits for signals, moves the heartbeat counter on the scoreboard, writes
+  out buffered log lines, updates the process title, and raises `_Deadline` in an executor
+  whose task ran past its timeout. It runs no task code, so the heartbeat stops only when the
+  whole process stops making progress (stuck in C, holding the GIL).
+
+No thread writes to the arbiter's pipe per task: a task costs the shared memory writes of its
+scoreboard slot, and its outcome shares one round trip with whatever else finished meanwhile.
+An executor runs no more task code until its outcome is published, so a task that crashes the
+process cannot take the already finished tasks of that thread down with it.
 
 Stop order (SIGTERM, recycling, the arbiter gone): stop leasing first and wait for the lease
-call in flight, because a lease taken after we looked would otherwise be lost; then release
-what was never started; running tasks finish and are published before the process exits.
+call in flight, because a lease taken after we looked would otherwise be lost; executors take
+no new task; running tasks finish and their outcomes are published; then what was never
+started is released, and the process exits.
 """
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -31,6 +45,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import NoReturn
 
 from django.tasks import TaskResult, TaskResultStatus
@@ -41,15 +56,16 @@ from threadmill.backends.base import AcknowledgeableTaskBackend, retry_delay
 from threadmill.exceptions import TaskTimeout
 from threadmill.execution import execute
 from threadmill.outcomes import failed
-from threadmill.pool import titles
+from threadmill.pool import logs, titles
 from threadmill.pool.config import (
     FETCH_TIMEOUT,
-    HEARTBEAT_INTERVAL,
+    TICK_INTERVAL,
     TIMEOUT_GRACE,
     WORKER_BOOT_ERROR,
     PoolConfig,
 )
 from threadmill.pool.control import ControlWriter
+from threadmill.pool.scoreboard import Scoreboard
 from threadmill.retry import backoff_delay
 
 logger = logging.getLogger("threadmill.worker")
@@ -78,26 +94,51 @@ class _Clock:
     fired: bool = False
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """A finished task on its way to the backend."""
+
+    finished: TaskResult
+    slot: int  # its scoreboard slot, freed once the outcome is published
+    duration: float  # seconds its code ran
+    retry_in: timedelta | None  # its retry policy's answer, asked once by the executor
+    published: bool = False
+
+
 class WorkerProcess:
     """One forked worker process of a pool."""
 
     def __init__(
-        self, config: PoolConfig, pool_id: str, control_fd: int, arbiter_pid: int, number: int
+        self,
+        config: PoolConfig,
+        pool_id: str,
+        control_fd: int,
+        board: Scoreboard,
+        arbiter_pid: int,
+        number: int,
     ) -> None:
         self.config = config
         self.pool_id = pool_id
         self.control = ControlWriter(control_fd)
+        self.board = board
         self.arbiter_pid = arbiter_pid
         self.number = number
         self.pid = os.getpid()
         self.worker_id = f"{socket.gethostname()}:{self.pid}:fetcher"
         self.backend: AcknowledgeableTaskBackend
 
-        # `cond` guards everything below it: the leased, unstarted tasks and the counters.
-        self.cond = threading.Condition()
+        # `lock` guards everything below it. One condition per kind of waiter, so that a change
+        # wakes only the thread that waits for it (a wake-up is a system call or two).
+        self.lock = threading.Lock()
+        self.task_ready = threading.Condition(self.lock)  # executors: buffer, stop
+        self.room_ready = threading.Condition(self.lock)  # the fetcher: `_wants_more()`, stop
+        self.published = threading.Condition(self.lock)  # executors waiting in the group commit
         self.buffer: deque[TaskResult] = deque()
-        self.held = 0  # leased and not yet published or released: buffered + running
+        self.outbox: list[_Outcome] = []  # outcomes waiting for the next publication
+        self.publishing = False  # an executor is sending a batch of outcomes now
+        self.held = 0  # leased and not yet published or released: buffered, running, outbox
         self.limit = config.threads + config.prefetch
+        self.free_slots = list(range(self.limit))  # a held task needs at most one each
         budget = math.inf
         if config.max_tasks is not None:
             budget = config.max_tasks + random.randint(0, config.max_tasks_jitter)
@@ -112,6 +153,7 @@ class WorkerProcess:
 
         self.signals: deque[int] = deque()
         self.threads: list[threading.Thread] = []
+        self.title = ""
 
     # --- life -------------------------------------------------------------------------------
 
@@ -131,14 +173,14 @@ class WorkerProcess:
         except BaseException:
             logger.exception("Worker process %s crashed", self.pid)
         finally:
-            logging.shutdown()
+            logging.shutdown()  # writes out the buffered log lines
             os._exit(code)
 
     def _boot(self) -> None:
         # Child side of the fork: take the signals back from the arbiter's handlers.
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
-        self.wake_fd = wake_r
+        self.wake_fd, self.wake_w = wake_r, wake_w
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         # Ctrl-C reaches the whole process group; the arbiter decides what it means for us.
@@ -149,6 +191,8 @@ class WorkerProcess:
         # The arbiter blocked signals across the fork; a SIGTERM that came meanwhile lands now.
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         titles.set_title(f"worker process {self.number} [booting]")
+        # One write per tick instead of one per task end; warnings still go out at once.
+        logs.buffer_stream_handlers()
 
         _forget_inherited_connections()
         from django.tasks import task_backends
@@ -170,20 +214,17 @@ class WorkerProcess:
         for thread in self.threads:
             thread.start()
         self.control.send(booted=True)
-        self._title()
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # nothing else: the main loop acts on it
 
     def _serve(self) -> int:
-        next_heartbeat = 0.0
         while any(thread.is_alive() for thread in self.threads):
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                self.control.send(heartbeat=True)
-                next_heartbeat = now + HEARTBEAT_INTERVAL
-            wait = min(next_heartbeat, self._fire_clocks()) - time.monotonic()
-            ready, _, _ = select.select([self.wake_fd], [], [], max(0.0, min(wait, 0.5)))
+            self.board.tick()
+            logs.flush_buffered()
+            self._title()
+            wait = self._fire_clocks() - time.monotonic()
+            ready, _, _ = select.select([self.wake_fd], [], [], max(0.0, min(wait, TICK_INTERVAL)))
             if ready:
                 os.read(self.wake_fd, 512)
             while self.signals:
@@ -197,11 +238,12 @@ class WorkerProcess:
 
     def stop(self, reason: str, retiring: bool = False) -> None:
         """Stop leasing and starting tasks; running ones finish, the rest is released."""
-        with self.cond:
+        with self.lock:
             if self.stopping:
                 return
             self.stopping = True
-            self.cond.notify_all()
+            self.task_ready.notify_all()
+            self.room_ready.notify_all()
         logger.info("Worker process %s stops because %s", self.pid, reason)
         if retiring:
             self.control.send(retiring=True)
@@ -212,9 +254,9 @@ class WorkerProcess:
         pause = 0.0
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     while not self.stopping and self.budget > 0 and not self._wants_more():
-                        self.cond.wait()
+                        self.room_ready.wait()
                     if self.stopping or self.budget <= 0:
                         break
                     count = int(min(self.limit - self.held, self.budget))
@@ -229,27 +271,28 @@ class WorkerProcess:
                 except Exception:
                     pause = min(5.0, pause * 2 or 0.1)
                     logger.exception("Leasing tasks failed; trying again in %.1fs", pause)
-                    with self.cond:
-                        self.cond.wait_for(lambda: self.stopping, timeout=pause)
+                    with self.lock:
+                        self.room_ready.wait_for(lambda: self.stopping, timeout=pause)
                     continue
                 pause = 0.0
                 if not leased:
                     continue
-                # Before the tasks can start: the arbiter must know what to clean up if we die.
-                self.control.send(leased=[result.id for result in leased])
-                with self.cond:
+                # The arbiter need not hear of these: if we die before one is marked started
+                # on the scoreboard, `release_pool` gives it back with the rest of our leases.
+                with self.lock:
                     self.buffer.extend(leased)
                     self.held += len(leased)
                     self.budget -= len(leased)
-                    self.cond.notify_all()
+                    self.task_ready.notify(len(leased))
         finally:
-            with self.cond:
+            with self.lock:
                 self.fetcher_done = True
                 exhausted = self.budget <= 0 and not self.stopping
-                self.cond.notify_all()
+                self.task_ready.notify_all()
             if exhausted:
                 logger.info("Worker process %s leased its --max-tasks; retiring", self.pid)
                 self.control.send(retiring=True)
+            self._wake_main()
 
     def _wants_more(self) -> bool:
         # Refill in batches: wait until half the prefetch is used up (or a thread is idle), so
@@ -263,36 +306,35 @@ class WorkerProcess:
     def _execute(self) -> None:
         from django.db import connections
 
+        ident = threading.get_ident()
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     while not self.buffer and not self.stopping and not self.fetcher_done:
-                        self.cond.wait()
+                        self.task_ready.wait()
                     if self.stopping or not self.buffer:
                         return
                     leased = self.buffer.popleft()
-                    self.running[threading.get_ident()] = leased.task.module_path
+                    # A free slot exists: every task in a slot is also counted in `held`.
+                    slot = self.free_slots.pop()
+                    self.running[ident] = leased.task.module_path
                     # The buffer shrank: the fetcher may want to refill it now, not only when a
                     # task ends (a long task would otherwise starve the prefetch).
-                    self.cond.notify_all()
-                try:
-                    self._run(leased)
-                finally:
-                    with self.cond:
-                        del self.running[threading.get_ident()]
-                        self.held -= 1
-                        self.cond.notify_all()
-                    self._title()
+                    if self._wants_more():
+                        self.room_ready.notify()
+                self._commit(self._run(leased, slot, ident))
                 self._check_memory()
         finally:
             connections.close_all()  # this thread's own connections
+            self._wake_main()
 
-    def _run(self, leased: TaskResult) -> None:
-        ident = threading.get_ident()
+    def _run(self, leased: TaskResult, slot: int, ident: int) -> _Outcome:
         timeout = self._timeout_of(leased)
-        self.control.send(started=leased.id, timeout=timeout)
-        self._title()
         started = time.monotonic()
+        # Before the task's code runs: if the process dies from here on, the arbiter settles
+        # this task as started (WorkerLost, TaskTimeout) instead of releasing it.
+        if not self.board.start(slot, leased.id, timeout, started + timeout):
+            self.control.send(long_id=leased.id, slot=slot)
         with self.clock_lock:
             self.clocks[ident] = _Clock(leased.id, timeout, started + timeout)
         try:
@@ -305,25 +347,17 @@ class WorkerProcess:
             from threadmill.backends.serialization import error_from_exception
 
             finished = failed(leased, error_from_exception(error))
+        duration = time.monotonic() - started
+        # Its deadline no longer counts, however long publishing takes (a backend outage).
+        self.board.finish(slot)
         if finished.errors and finished.errors[-1].exception_class_path == _DEADLINE_PATH:
             finished.errors[-1] = _timeout_error(finished.errors[-1], timeout)
-        status = self._publish(finished)
-        self.control.send(finished=leased.id)
-        duration = time.monotonic() - started
-        logger.info(
-            "Task %s %s %s in %.3fs",
-            leased.id,
-            leased.task.module_path,
-            status,
-            duration,
-            extra={
-                "task_id": leased.id,
-                "task_path": leased.task.module_path,
-                "status": status,
-                "duration": round(duration, 6),
-                "attempt": len(leased.worker_ids),
-            },
-        )
+        retry_in = None
+        if finished.status == TaskResultStatus.FAILED:
+            retry_in = retry_delay(finished)  # here, once: a policy with side effects runs once
+        with self.lock:
+            del self.running[ident]
+        return _Outcome(finished, slot, duration, retry_in)
 
     def _timeout_of(self, leased: TaskResult) -> float:
         """Seconds the task may run from now: its own timeout, else --timeout, within the lease."""
@@ -347,34 +381,6 @@ class WorkerProcess:
                 # Fired just as the task ended; it has been counted as a timeout or not at all.
                 continue
 
-    def _publish(self, finished: TaskResult) -> str:
-        """Acknowledge a finished task, or schedule its retry; return the status to log.
-
-        While the backend is unreachable the outcome is held and sent again with backoff, for
-        as long as it takes: a result is never dropped. (The backend's own client already
-        retries a few times; this outlasts a longer outage, such as a Redis restart.)
-        """
-        delay = None
-        if finished.status == TaskResultStatus.FAILED:
-            delay = retry_delay(finished)  # once: a policy with side effects runs once
-        for attempt in itertools.count():
-            try:
-                if delay is not None:
-                    self.backend.retry(finished, timezone.now() + delay)
-                    return f"FAILED, retry in {delay.total_seconds():g}s"
-                self.backend.acknowledge(finished, by_holder=True)
-                return str(finished.status)
-            except Exception:
-                pause = backoff_delay(attempt + 1, 0.1, 2.0, 5.0)
-                logger.warning(
-                    "Publishing the outcome of task %s failed; holding it, next try in %gs",
-                    finished.id,
-                    pause,
-                    exc_info=attempt == 0,
-                )
-                time.sleep(pause)
-        raise AssertionError("unreachable")
-
     def _check_memory(self) -> None:
         if self.config.max_memory is None:
             return
@@ -385,6 +391,96 @@ class WorkerProcess:
                 f"({self.config.max_memory // 2**20} MB)",
                 retiring=True,
             )
+
+    # --- group commit ---------------------------------------------------------------------
+
+    def _commit(self, outcome: _Outcome) -> None:
+        """Publish an outcome, with whatever others wait; return once it is published."""
+        with self.lock:
+            self.outbox.append(outcome)
+            while self.publishing and not outcome.published:
+                self.published.wait()
+            if outcome.published:
+                return  # it went out in the batch of the executor that was publishing
+            self.publishing = True
+            batch, self.outbox = self.outbox, []
+        try:
+            statuses = self._publish(batch)
+            # Published: only now may the arbiter forget these tasks, and only then may their
+            # slots be handed out again (a slot is freed before it goes back to the list).
+            for item in batch:
+                self.board.free(item.slot)
+        finally:
+            with self.lock:
+                self.publishing = False
+                for item in batch:
+                    item.published = True
+                self.free_slots.extend(item.slot for item in batch)
+                self.held -= len(batch)
+                # Wake the executors whose outcomes went out, and one that queued meanwhile
+                # becomes the next publisher.
+                self.published.notify_all()
+                if self._wants_more():
+                    self.room_ready.notify()
+        for item, status in zip(batch, statuses, strict=True):
+            self._log_end(item, status)
+
+    def _publish(self, batch: list[_Outcome]) -> list[str]:
+        """Acknowledge finished tasks in one round trip, schedule retries; return what to log.
+
+        While the backend is unreachable the outcomes are held and sent again with backoff,
+        for as long as it takes: a result is never dropped. (The backend's own client already
+        retries a few times; this outlasts a longer outage, such as a Redis restart.) Sending
+        an acknowledgement again is safe: the holder's repeated call is accepted.
+        """
+        statuses: list[str | None] = [None] * len(batch)
+        for attempt in itertools.count():
+            try:
+                acknowledged = [i for i, o in enumerate(batch) if o.retry_in is None]
+                if acknowledged and statuses[acknowledged[0]] is None:
+                    if len(acknowledged) == 1:
+                        # One alone goes as a single call: a batch may cost the backend more
+                        # (redis-py checks its scripts before each pipeline, a round trip).
+                        self.backend.acknowledge(batch[acknowledged[0]].finished)
+                    else:
+                        self.backend.acknowledge_many([batch[i].finished for i in acknowledged])
+                    for i in acknowledged:
+                        statuses[i] = str(batch[i].finished.status)
+                for i, outcome in enumerate(batch):
+                    if statuses[i] is None and outcome.retry_in is not None:
+                        self.backend.retry(outcome.finished, timezone.now() + outcome.retry_in)
+                        statuses[i] = f"FAILED, retry in {outcome.retry_in.total_seconds():g}s"
+                return [status or "" for status in statuses]
+            except Exception:
+                pause = backoff_delay(attempt + 1, 0.1, 2.0, 5.0)
+                what = f"the outcome of task {batch[0].finished.id}"
+                if len(batch) > 1:
+                    what = f"a batch of {len(batch)} outcomes (task {batch[0].finished.id}, ...)"
+                logger.warning(
+                    "Publishing %s failed; holding it, next try in %gs",
+                    what,
+                    pause,
+                    exc_info=attempt == 0,
+                )
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _log_end(self, outcome: _Outcome, status: str) -> None:
+        finished = outcome.finished
+        logger.info(
+            "Task %s %s %s in %.3fs",
+            finished.id,
+            finished.task.module_path,
+            status,
+            outcome.duration,
+            extra={
+                "task_id": finished.id,
+                "task_path": finished.task.module_path,
+                "status": status,
+                "duration": round(outcome.duration, 6),
+                "attempt": len(finished.worker_ids),
+            },
+        )
 
     # --- main thread ----------------------------------------------------------------------
 
@@ -412,29 +508,38 @@ class WorkerProcess:
                     next_deadline = min(next_deadline, clock.deadline)
         return next_deadline
 
+    def _wake_main(self) -> None:
+        """Make the main thread look now (a thread ended), not at its next tick."""
+        with contextlib.suppress(BlockingIOError):  # full: it wakes anyway
+            os.write(self.wake_w, b"t")
+
     def _release_buffer(self) -> None:
-        with self.cond:
+        with self.lock:
             unstarted = list(self.buffer)
             self.buffer.clear()
-        released = []
+        released = 0
         for result in unstarted:
             try:
                 self.backend.release(result)
-                released.append(result.id)
+                released += 1
             except Exception:
-                # The arbiter still counts it as ours and releases it when we are gone.
+                # Still leased under our pool id: the arbiter releases it when we are gone.
                 logger.exception("Could not release task %s", result.id)
         if released:
-            self.control.send(released=released)
-            logger.info("Worker process %s released %d unstarted tasks", self.pid, len(released))
+            logger.info("Worker process %s released %d unstarted tasks", self.pid, released)
 
     def _title(self) -> None:
-        with self.cond:
+        """Show what runs now in `ps`; called on every tick, it changes the title only then."""
+        with self.lock:
             running = list(self.running.values())
-        state = "stopping" if self.stopping else "idle"
+            stopping = self.stopping
+        state = "stopping" if stopping else "idle"
         if running:
             state = f"running {', '.join(running)}"
-        titles.set_title(f"worker process {self.number} [{state}]")
+        title = f"worker process {self.number} [{state}]"
+        if title != self.title:
+            self.title = title
+            titles.set_title(title)
 
 
 def _timeout_error(error: TaskError, timeout: float) -> TaskError:
