@@ -1,10 +1,15 @@
-"""The pure parts of the pool: how an exit is described, and the control pipe."""
+"""The pure parts of the pool: how an exit is described, the control pipe, the scoreboard,
+and the buffered log handler."""
 
+import io
+import logging
 import os
 import signal
 
 from threadmill.pool.arbiter import describe_exit
 from threadmill.pool.control import ControlReader, ControlWriter
+from threadmill.pool.logs import BufferedStreamHandler
+from threadmill.pool.scoreboard import FINISHED, STARTED, Scoreboard
 
 
 def test_an_exit_is_described_by_its_signal_name_or_its_exit_code():
@@ -16,13 +21,13 @@ def test_an_exit_is_described_by_its_signal_name_or_its_exit_code():
 def test_control_messages_arrive_whole_even_when_split_across_reads():
     read_fd, write_fd = os.pipe()
     writer, reader = ControlWriter(write_fd), ControlReader(read_fd)
-    writer.send(leased=[f"id-{n}" for n in range(2000)])  # longer than one pipe write
-    writer.send(started="id-1", timeout=1.5)
+    writer.send(boot_error="x" * 20_000)  # longer than one atomic pipe write
+    writer.send(long_id="id-1", slot=3)
     messages = []
     while len(messages) < 2:
         messages.extend(reader.read())
-    assert messages[0]["leased"][-1] == "id-1999"
-    assert messages[1] == {"started": "id-1", "timeout": 1.5}
+    assert messages[0]["boot_error"] == "x" * 20_000
+    assert messages[1] == {"long_id": "id-1", "slot": 3}
     os.close(write_fd)
     assert list(reader.read()) == []
     assert reader.closed
@@ -33,6 +38,57 @@ def test_a_writer_whose_reader_is_gone_marks_itself_broken_instead_of_raising():
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     writer = ControlWriter(write_fd)
-    writer.send(heartbeat=True)
+    writer.send(retiring=True)
     assert writer.broken
     os.close(write_fd)
+
+
+def test_the_scoreboard_shows_the_arbiter_started_tasks_until_they_are_freed_across_a_fork():
+    board = Scoreboard(3)
+    pid = os.fork()
+    if pid == 0:  # the worker's side
+        board.start(0, "task-a", 1.5, 100.0)
+        board.start(2, "task-b", 2.0, 200.0)
+        board.finish(2)
+        board.start(1, "task-c", 3.0, 300.0)
+        board.free(1)
+        board.tick()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    started = {task.task_id: task for task in board.started(final=True)}
+    assert set(started) == {"task-a", "task-b"}
+    assert (started["task-a"].state, started["task-a"].timeout) == (STARTED, 1.5)
+    assert (started["task-b"].state, started["task-b"].deadline) == (FINISHED, 200.0)
+    assert board.progress() == 1
+    board.close()
+
+
+def test_a_task_id_too_long_for_its_slot_is_left_to_the_control_pipe():
+    board = Scoreboard(1)
+    assert not board.start(0, "x" * 1000, 1.0, 10.0)
+    (task,) = board.started()
+    assert task.task_id is None
+    assert task.slot == 0
+    board.close()
+
+
+def test_buffered_log_lines_are_written_when_flushed_and_at_once_from_warning_on():
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tests.buffered")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("one")
+        logger.info("two")
+        assert stream.getvalue() == ""
+        handler.flush()
+        assert stream.getvalue() == "INFO one\nINFO two\n"
+        logger.info("three")
+        logger.warning("four")  # with what waited before it, in order
+        assert stream.getvalue().endswith("INFO three\nWARNING four\n")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -1,17 +1,15 @@
 """The control pipe from a worker process to its arbiter: one JSON object per line.
 
-The worker tells the arbiter what it holds, so that its death is cleaned up at once:
+Only rare events cross it; what a worker runs, and its heartbeat, are on the scoreboard
+(`scoreboard.py`), which costs no system call per task:
 
     {"booted": true}                       ready to lease
     {"boot_error": "traceback..."}         about to exit with WORKER_BOOT_ERROR
-    {"leased": ["id", ...]}                sent *before* the tasks can be started
-    {"started": "id", "timeout": 12.5}     seconds the task may run from now
-    {"finished": "id"}                     outcome published (acknowledged or retried)
-    {"released": ["id", ...]}              given back unstarted
+    {"long_id": "id", "slot": 3}           the id of the task started in that slot, too long
+                                           for it; sent before the task's code runs
     {"retiring": true}                     stops leasing (recycling); spawn a replacement
-    {"heartbeat": true}                    still making progress
 
-Any line counts as a heartbeat. The arbiter never writes: it talks to workers with signals.
+Any line also counts as a heartbeat. The arbiter never writes: it talks to workers with signals.
 """
 
 import errno
