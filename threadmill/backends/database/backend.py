@@ -33,7 +33,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from math import ceil
 from time import monotonic
 from typing import Any, NamedTuple
 
@@ -294,13 +293,11 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
             if earliest is None or earliest > now:
                 return [], earliest, False
 
-        def lease() -> tuple[list, int]:
-            if len(queues) == 1:  # one statement, a transaction of its own
-                return self._lease_rows(connection, dialect, queues, count, worker_id, pool_id, now)
-            with vendors.write_transaction(connection):
-                return self._lease_rows(connection, dialect, queues, count, worker_id, pool_id, now)
+        def lease() -> list[LeasedRow]:
+            return self._lease_rows(connection, dialect, queues, count, worker_id, pool_id, now)
 
-        rows, updated = self._write(lease)
+        rows = self._write(lease)
+        updated = len(rows)
         self._local.busy = updated == count
         leased = self._results(rows, dialect, now)
         if leased:
@@ -333,32 +330,21 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         worker_id: str,
         pool_id: str | None,
         now: datetime,
-    ) -> tuple[list[LeasedRow], int]:
-        """Lease up to `count` due rows, shared fairly among the queues (in rotating order)."""
+    ) -> list[LeasedRow]:
+        """Lease up to `count` due rows in one statement, fairly among the queues."""
         worker_json = encode_worker_ids([worker_id]).decode()[1:-1]
         at = dialect.adapt(now)
         expires_at = dialect.adapt(now + timedelta(seconds=self.lease_ttl))
-        sql = queries.lease(dialect.vendor)
-        leading = [worker_id, f"[{worker_json}]", f",{worker_json}]", at, at, pool_id, expires_at]
+        params = [worker_id, f"[{worker_json}]", f",{worker_json}]", at, at, pool_id, expires_at]
+        # The queue first in line gets the odd task of a batch; it takes turns.
         start = next(self._rotation) % len(queues)
-        active = queues[start:] + queues[:start]
-        rows: list[LeasedRow] = []
+        for name in queues[start:] + queues[:start]:
+            params += [self.alias, name, at, count]
+        if len(queues) > 1:
+            params.append(count)
         with connection.cursor() as cursor:
-            # Each queue gets an equal share of what is left; what a short queue leaves over
-            # goes to the queues that filled their share, in further rounds.
-            while len(rows) < count and active:
-                full = []
-                for position, name in enumerate(active):
-                    share = ceil((count - len(rows)) / (len(active) - position))
-                    cursor.execute(sql, [*leading, self.alias, name, at, share])
-                    got = cursor.fetchall()
-                    rows.extend(LeasedRow(*row) for row in got)
-                    if len(got) == share:
-                        full.append(name)
-                    if len(rows) >= count:
-                        break
-                active = full
-        return rows, len(rows)
+            cursor.execute(queries.lease(dialect.vendor, len(queues)), params)
+            return [LeasedRow(*row) for row in cursor.fetchall()]
 
     def _results(
         self, rows: list[LeasedRow], dialect: queries.Dialect, now: datetime

@@ -35,19 +35,43 @@ LEASED_COLUMNS = (
 
 
 @cache
-def lease(vendor: str) -> str:
-    """Lease up to LIMIT due tasks of one queue, best first, and return them.
+def lease(vendor: str, queues: int = 1) -> str:
+    """Lease up to LIMIT due tasks of `queues` queues, best first, shared fairly; return them.
 
     Parameters: worker_id, worker_ids when it was "[]" (`[<id>]`), the suffix that replaces the
     closing bracket otherwise (`,<id>]`), now (last_attempted_at), now (started_at unless set),
-    pool_id, lease_expires_at; then backend, queue_name, now (due_at <=), LIMIT.
+    pool_id, lease_expires_at; then for each queue in turn backend, queue_name, now (due_at <=),
+    LIMIT; then (several queues only) the LIMIT of the whole batch.
     Returns LEASED_COLUMNS of each leased row, in no particular order.
+
+    Several queues share the batch round-robin: the best task of each queue (in the order they
+    are given), then the second best of each, and so on, so a queue short of due tasks leaves
+    its share to the others and a busy queue never starves another.
 
     One statement, so on its own it is one transaction: on SQLite a write statement takes the
     write lock when it starts (the busy timeout applies, as with BEGIN IMMEDIATE); PostgreSQL
     skips rows other transactions are leasing instead of waiting for them.
     """
     lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+    # Without statistics SQLite picks the index on due_at, which sorts every due task of the
+    # backend for each batch; the index made for leasing reads just the batch, in order.
+    indexed = " INDEXED BY threadmill_task_ready" if vendor == "sqlite" else ""
+    best = (
+        "SELECT seq{} FROM "
+        f"{TABLE}{indexed}"
+        " WHERE backend = %s AND queue_name = %s AND status = 'READY' AND due_at <= %s"
+        f" ORDER BY priority DESC, due_at, seq LIMIT %s{lock}"
+    )
+    if queues == 1:
+        chosen = best.format("")
+    else:
+        turns = "\n    UNION ALL\n    ".join(
+            f"SELECT seq, {place} AS place, ROW_NUMBER() OVER "
+            f"(ORDER BY priority DESC, due_at, seq) AS turn "
+            f"FROM ({best.format(', priority, due_at')}) AS q{place}"
+            for place in range(queues)
+        )
+        chosen = f"SELECT seq FROM (\n    {turns}\n) AS turns ORDER BY turn, place LIMIT %s"
     return f"""
 UPDATE {TABLE} SET
     status = 'RUNNING',
@@ -61,10 +85,7 @@ UPDATE {TABLE} SET
     pool_id = %s,
     lease_expires_at = %s
 WHERE seq IN (
-    SELECT seq FROM {TABLE}
-    WHERE backend = %s AND queue_name = %s AND status = 'READY' AND due_at <= %s
-    ORDER BY priority DESC, due_at, seq
-    LIMIT %s{lock}
+    {chosen}
 )
 RETURNING {", ".join(LEASED_COLUMNS)}"""
 
