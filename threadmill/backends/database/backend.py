@@ -649,7 +649,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         now = timezone.now()
         return (
             self._tasks()
-            .filter(queue_name__in=self._queues(queue_names))
+            # Finished results (a day's worth, by default) are not read at all.
+            .filter(queue_name__in=self._queues(queue_names), status__in=(READY, RUNNING))
             .aggregate(
                 ready=Count("seq", filter=Q(status=READY, due_at__lte=now)),
                 scheduled=Count("seq", filter=Q(status=READY, due_at__gt=now)),
