@@ -104,9 +104,8 @@ def test_a_resent_lease_call_leases_nothing_more_and_gets_the_same_tasks(backend
         *backend.queue_keys("default"),
     ]
     args = [2, json.dumps("h:1:t"), "h:1:t", "", 60, 100, 0, 300]
-    acquire = backend._script("acquire", backend.client)
-    first = acquire(keys=keys, args=args)
-    second = acquire(keys=keys, args=args)
+    first = backend._run("acquire", keys, args)
+    second = backend._run("acquire", keys, args)
     assert len(first[2::6]) == 2
     assert second[2::6] == first[2::6]
     assert backend.count_pending() == {"ready": 2, "scheduled": 0, "running": 2}
@@ -117,12 +116,11 @@ def test_a_resent_enqueue_call_queues_the_task_once(backend):
     payload = backend.client.hget(backend.key("tasks"), f"{enqueued.id}.payload")
     keys = [backend.key("tasks"), backend.key("sequence"), *backend.queue_keys("default")[:2]]
     keys.append(backend.queue_keys("default")[3])
-    enqueue = backend._script("enqueue", backend.client)
-    again = enqueue(keys=keys, args=[enqueued.id, payload, "default", 0, ""])
+    again = backend._run("enqueue", keys, [enqueued.id, payload, "default", 0, ""])
     assert float(again) == enqueued.enqueued_at.timestamp()
     assert backend.count_pending()["ready"] == 1
     with pytest.raises(redis.ResponseError, match="exists already"):
-        enqueue(keys=keys, args=[enqueued.id, b"{}", "default", 0, ""])
+        backend._run("enqueue", keys, [enqueued.id, b"{}", "default", 0, ""])
 
 
 def test_enqueue_raises_a_clear_error_at_once_when_redis_is_unreachable(settings, key_prefix):

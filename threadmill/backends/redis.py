@@ -41,6 +41,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
 from threadmill.backends.base import COMMON_OPTIONS, AcknowledgeableTaskBackend, lease_token
+from threadmill.backends.redis_connections import HeldConnections, Script
 from threadmill.backends.serialization import (
     StoredTask,
     encode_errors,
@@ -172,8 +173,39 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
-    def _script(self, name: str, client: "redis.Redis"):
-        return _load_script(name, client)
+    @cached_property
+    def _held(self) -> HeldConnections:
+        """Per-thread connections for enqueue and reads (fail fast, like `client`)."""
+        return HeldConnections(self.client, self.client.get_retry())
+
+    @cached_property
+    def _worker_held(self) -> HeldConnections:
+        """Per-thread connections for the pool's calls (ride out outages)."""
+        return HeldConnections(self.worker_client, self.worker_client.get_retry())
+
+    def _run(self, name: str, keys: list, args: list, *, worker: bool = True) -> Any:
+        """Run one of our scripts: over a held connection, or through the Cluster client."""
+        return self._run_many(name, [(keys, args)], worker=worker)[0]
+
+    def _run_many(self, name: str, calls: list[tuple[list, list]], *, worker: bool = True) -> list:
+        """Run a script once per (keys, args) in one round trip."""
+        if self.cluster is True:
+            client = self.worker_client if worker else self.client
+            script = _cluster_script(name, client)
+            if len(calls) == 1:
+                keys, args = calls[0]
+                return [script(keys=keys, args=args, client=client)]
+            pipe = self._pipeline(client)
+            for keys, args in calls:
+                script(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+        held = self._worker_held if worker else self._held
+        return held.scripts(SCRIPTS_BY_NAME[name], calls)
+
+    def _blpop(self, keys: list[str], timeout: float) -> Any:
+        if self.cluster is True:
+            return self.worker_client.blpop(keys, timeout=timeout)
+        return self._worker_held.call("BLPOP", *keys, timeout)
 
     def _pipeline(self, client: "redis.Redis"):
         """A pipeline to the server holding this alias's slot (one round trip for many calls)."""
@@ -206,10 +238,11 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         ready, scheduled, _, wake = self.queue_keys(task.queue_name)
         run_after = repr(task.run_after.timestamp()) if task.run_after else ""
         with self._reporting_outage():
-            enqueued_at = self._script("enqueue", self.client)(
-                keys=[self.key("tasks"), self.key("sequence"), ready, scheduled, wake],
-                args=[task_id, payload, task.queue_name, task.priority, run_after],
-                client=self.client,
+            enqueued_at = self._run(
+                "enqueue",
+                [self.key("tasks"), self.key("sequence"), ready, scheduled, wake],
+                [task_id, payload, task.queue_name, task.priority, run_after],
+                worker=False,
             )
         result = enqueued_result(task, task_id, enqueued_at, args, kwargs, self.alias)
         task_enqueued.send(type(self), task_result=result)
@@ -238,7 +271,6 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         worker_id = worker_id or f"anonymous:{secrets.token_hex(4)}"
         if "\t" in worker_id or (pool_id and "\t" in pool_id):
             raise ValueError("worker_id and pool_id cannot contain tab characters.")
-        client = self.worker_client
         # The receipt key is new for each call, and redis-py resends a call unchanged when its
         # connection fails: so a resent call finds its receipt and leases nothing twice.
         keys = [self.key("tasks"), self.key("pool_leases"), ""]
@@ -248,14 +280,14 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             keys.extend(queue_keys)
             wait_keys.append(queue_keys[3])
         wait_keys.append(self._interrupt_key(worker_id))  # last: see _wait_for_work
-        acquire = self._script("acquire", client)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._rotation += 1
             keys[2] = self.key(f"receipt:{secrets.token_hex(8)}")
-            reply = acquire(
-                keys=keys,
-                args=[
+            reply = self._run(
+                "acquire",
+                keys,
+                [
                     count,
                     json.dumps(worker_id),
                     worker_id,
@@ -265,7 +297,6 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                     self._rotation,
                     RECEIPT_TTL,
                 ],
-                client=client,
             )
             leased = self._leased(reply, worker_id)
             if leased or len(reply) > 2:
@@ -273,11 +304,11 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             due = None  # when the earliest scheduled task falls due, on our clock
             if reply[1]:
                 due = time.monotonic() + max(0.0, float(reply[1]) - float(reply[0])) + 0.001
-            if not self._wait_for_work(client, wait_keys, deadline, due):
+            if not self._wait_for_work(wait_keys, deadline, due):
                 return []
 
     def _wait_for_work(
-        self, client: "redis.Redis", wait_keys: list[str], deadline: float | None, due: float | None
+        self, wait_keys: list[str], deadline: float | None, due: float | None
     ) -> bool:
         """Block until something may be leasable: True to look again, False to give up.
 
@@ -294,7 +325,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             if deadline is not None and now >= deadline:
                 return False
             # BLPOP takes a float timeout (0 would mean "for ever"): never pass 0.
-            woken = client.blpop(wait_keys, timeout=max(0.001, min(wait, LONGEST_BLOCK)))
+            woken = self._blpop(wait_keys, max(0.001, min(wait, LONGEST_BLOCK)))
             if woken is not None:
                 return _text(woken[0]) != wait_keys[-1]
 
@@ -349,28 +380,20 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             json.dumps(errors).encode(),
             by_holder=False,
         )
-        client = self.worker_client
-        self._acknowledged(args, self._script("acknowledge", client)(keys, args, client))
+        self._acknowledged(args, self._run("acknowledge", keys, args))
 
     # --- ending a lease ---------------------------------------------------------------------
 
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
         keys, args = self._acknowledgement(task_result, by_holder)
-        client = self.worker_client
-        reply = self._script("acknowledge", client)(keys=keys, args=args, client=client)
-        return self._acknowledged(args, reply)
+        return self._acknowledged(args, self._run("acknowledge", keys, args))
 
     def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
         """Acknowledge several leased tasks in one round trip (each on its own lease)."""
         # Encode everything first: a return value that cannot be stored raises before any
         # result is written.
         calls = [self._acknowledgement(result, True) for result in task_results]
-        client = self.worker_client
-        script = self._script("acknowledge", client)
-        pipe = self._pipeline(client)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        replies = pipe.execute()
+        replies = self._run_many("acknowledge", calls)
         return [
             self._acknowledged(args, reply) for (_, args), reply in zip(calls, replies, strict=True)
         ]
@@ -435,11 +458,10 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
 
     def release(self, task_result: TaskResult) -> bool:
         ready, _, running, wake = self.queue_keys(task_result.task.queue_name)
-        client = self.worker_client
-        released = self._script("release", client)(
-            keys=[self.key("tasks"), running, self.key("pool_leases"), ready, wake],
-            args=[task_result.id, lease_token(task_result)],
-            client=client,
+        released = self._run(
+            "release",
+            [self.key("tasks"), running, self.key("pool_leases"), ready, wake],
+            [task_result.id, lease_token(task_result)],
         )
         if not released:
             logger.warning("Task %s not released: its lease had ended", task_result.id)
@@ -447,16 +469,15 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
 
     def retry(self, task_result: TaskResult, run_after: datetime) -> bool:
         ready, scheduled, running, wake = self.queue_keys(task_result.task.queue_name)
-        client = self.worker_client
-        retried = self._script("retry", client)(
-            keys=[self.key("tasks"), running, self.key("pool_leases"), ready, scheduled, wake],
-            args=[
+        retried = self._run(
+            "retry",
+            [self.key("tasks"), running, self.key("pool_leases"), ready, scheduled, wake],
+            [
                 task_result.id,
                 lease_token(task_result),
                 encode_errors(task_result.errors),
                 repr(run_after.timestamp()),
             ],
-            client=client,
         )
         if not retried:
             logger.warning("Task %s not retried: its lease had ended", task_result.id)
@@ -465,21 +486,20 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
     # --- maintenance ------------------------------------------------------------------------
 
     def maintain(self, *pool_ids: str | None) -> dict[str, int]:
-        client = self.worker_client
         queue_names = sorted(self.queues)
         keys = [self.key(name) for name in ("tasks", "pool_leases", "pools", "expiry")]
         for name in queue_names:
             keys.extend(self.queue_keys(name))
-        reply = self._script("maintain", client)(
-            keys=keys,
-            args=[
+        reply = self._run(
+            "maintain",
+            keys,
+            [
                 "\n".join(pool_id for pool_id in pool_ids if pool_id),
                 self.pool_ttl,
                 self.lease_ttl,
                 self.batch_size,
                 *queue_names,
             ],
-            client=client,
         )
         report = {"promoted": int(reply[0]), "trimmed": int(reply[1]), "settled": 0}
         seen = set()
@@ -513,15 +533,12 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         return int(self.settle(task_result, synthetic_error(AcknowledgementTimeout, message)))
 
     def release_pool(self, pool_id: str) -> int:
-        client = self.worker_client
         queue_names = sorted(self.queues)
         keys = [self.key(name) for name in ("tasks", "pool_leases", "pools")]
         for name in queue_names:
             ready, _, running, wake = self.queue_keys(name)
             keys.extend((ready, running, wake))
-        released = self._script("release_pool", client)(
-            keys=keys, args=[pool_id, *queue_names], client=client
-        )
+        released = self._run("release_pool", keys, [pool_id, *queue_names])
         return int(released)
 
     def forget_pool(self, pool_id: str) -> None:
@@ -644,16 +661,17 @@ class _ReportingOutage:
         return False
 
 
-_script_cache: dict[tuple[str, int], Any] = {}
+SCRIPTS_BY_NAME = {path.stem: Script(path.read_text()) for path in SCRIPTS.glob("*.lua")}
+
+_cluster_scripts: dict[tuple[str, int], Any] = {}
 
 
-def _load_script(name: str, client: "redis.Redis"):
-    """Register a script once per client; redis-py reloads it if the server forgot it."""
+def _cluster_script(name: str, client: "redis.Redis"):
+    """Register a script once per Cluster client; redis-py reloads it if a node forgot it."""
     key = (name, id(client))
-    script = _script_cache.get(key)
+    script = _cluster_scripts.get(key)
     if script is None:
-        script = client.register_script((SCRIPTS / f"{name}.lua").read_text())
-        _script_cache[key] = script
+        script = _cluster_scripts[key] = client.register_script(SCRIPTS_BY_NAME[name].text)
     return script
 
 

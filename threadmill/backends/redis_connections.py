@@ -1,0 +1,117 @@
+"""One Redis connection per thread, held for the thread's life: a call is one send, one read.
+
+redis-py's client takes a connection from its pool for every command, checks its health and
+gives it back; on a machine where system calls are dear that costs more than the round trip
+itself (measured here: ~120 µs a PING through the client, ~30 µs on a held connection). The
+backend's hot calls (enqueue, lease, wait, acknowledge) go through a connection each thread
+holds instead. Reconnecting, retrying with backoff and parsing stay redis-py's.
+
+Fork: a child must not use its parent's socket. A fork bumps `_generation` (in the child), and
+a thread whose connection is of an older generation opens a new one; the old one is dropped
+without a word to the server (redis-py only shuts a socket down in the process that opened it).
+"""
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import Redis
+from redis.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
+
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class Script:
+    """A Lua script of ours: its text, and its SHA1 once the server has told us."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha: str | None = None
+
+
+class HeldConnections:
+    """Connections to the server of `client`, one held by each thread that calls."""
+
+    def __init__(self, client: Redis, retry: Retry) -> None:
+        self._pool = client.connection_pool
+        self._retry = retry
+        self._local = threading.local()
+
+    def call(self, *command: Any, timeout: float | None = None) -> Any:
+        """Send one command and return its reply; a blocking command passes its `timeout`."""
+        return self._with_retries(lambda connection: _round_trip(connection, [command], timeout)[0])
+
+    def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script (EVALSHA, loading it first when the server does not know it)."""
+        return self.scripts(script, [(keys, args)])[0]
+
+    def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list:
+        """Run a script once per (keys, args), pipelined: one send and one read for all."""
+
+        def attempt(connection: AbstractConnection) -> list:
+            if script.sha is None:
+                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
+            commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+            try:
+                return _round_trip(connection, commands, None)
+            except NoScriptError:
+                # The server forgot it (a restart, SCRIPT FLUSH): load and send again. Every
+                # script of ours is safe to run twice, so a partly run batch may be resent.
+                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
+                return _round_trip(connection, commands, None)
+
+        return self._with_retries(attempt)
+
+    def _with_retries(self, attempt: Callable[[AbstractConnection], Any]) -> Any:
+        return self._retry.call_with_retry(
+            lambda: attempt(self._connection()), lambda error: self._drop()
+        )
+
+    def _connection(self) -> AbstractConnection:
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.generation != _generation:
+            connection = self._pool.make_connection()
+            local.connection, local.generation = connection, _generation
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            if self._local.generation == _generation:
+                connection.disconnect()
+            self._local.connection = None
+
+
+def _round_trip(
+    connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
+) -> list:
+    """Send every command in one write, read every reply; raise the first error reply."""
+    if len(commands) == 1:
+        packed = connection.pack_command(*commands[0])
+    else:
+        packed = connection.pack_commands(commands)
+    connection.send_packed_command(packed, check_health=False)
+    read: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    replies, first_error = [], None
+    for _ in commands:
+        try:
+            replies.append(connection.read_response(**read))
+        except ResponseError as error:
+            # An error reply: read the others too, so the connection stays in step.
+            first_error = first_error or error
+            replies.append(None)
+    if first_error is not None:
+        raise first_error
+    return replies
