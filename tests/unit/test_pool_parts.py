@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 
+import pytest
+
 from threadmill.pool.arbiter import describe_exit
 from threadmill.pool.control import ControlReader, ControlWriter
 from threadmill.pool.logs import BufferedStreamHandler
@@ -43,6 +45,8 @@ def test_a_writer_whose_reader_is_gone_marks_itself_broken_instead_of_raising():
     os.close(write_fd)
 
 
+# The fork's child only writes to the shared memory and leaves with os._exit.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_the_scoreboard_shows_the_arbiter_started_tasks_until_they_are_freed_across_a_fork():
     board = Scoreboard(3)
     pid = os.fork()
