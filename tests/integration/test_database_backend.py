@@ -320,3 +320,51 @@ def test_release_pool_gives_back_every_task_the_pool_held_as_it_was(backend):
     assert backend.get_result(other).status == TaskResultStatus.RUNNING
     assert not PoolHeartbeat.objects.using(backend.database).filter(pool_id="crashed-pool")
     assert backend.acquire(timeout=1, worker_id=WORKER).id == held[0]  # kept its place
+
+
+def test_a_busy_worker_leases_and_acknowledges_a_batch_in_one_statement_each(backend):
+    for _ in range(20):
+        tasks.noop.enqueue()
+    tasks.noop.using(queue_name="low").enqueue()
+    connection = connections[backend.worker_database]
+    backend.acquire_many(count=1, timeout=1, worker_id=WORKER)  # the batches come full now
+
+    def statements(queries) -> list[str]:
+        # SQLite's idle wait reads the file's change counter (PRAGMA data_version), no table.
+        return [q["sql"].split()[0] for q in queries if not q["sql"].startswith("PRAGMA")]
+
+    with CaptureQueriesContext(connection) as queries:
+        leased = backend.acquire_many(count=16, timeout=1, worker_id=WORKER)
+    assert len(leased) == 16
+    assert "low" in {result.task.queue_name for result in leased}
+    assert statements(queries) == ["UPDATE"], [q["sql"] for q in queries]
+    with CaptureQueriesContext(connection) as queries:
+        acknowledged = backend.acknowledge_many([succeed(result, {"n": 1}) for result in leased])
+    assert acknowledged == [True] * 16
+    assert statements(queries) == ["UPDATE"], [q["sql"] for q in queries]
+    for result in leased:
+        stored = backend.get_result(result.id)
+        assert (stored.status, stored.return_value) == (TaskResultStatus.SUCCESSFUL, {"n": 1})
+
+
+def test_a_queue_short_of_due_tasks_leaves_its_share_of_a_batch_to_the_others(backend):
+    busy = [tasks.noop.enqueue().id for _ in range(10)]
+    short = [tasks.noop.using(queue_name="low").enqueue().id for _ in range(2)]
+    leased = [r.id for r in backend.acquire_many("default", "low", count=8, worker_id=WORKER)]
+    assert sorted(leased) == sorted(short + busy[:6])
+
+
+def test_leasing_on_sqlite_reads_the_batch_from_the_leasing_index_without_sorting_the_queue(
+    sqlite_tasks_setting,
+):
+    from threadmill.backends.database import queries
+
+    backend = DatabaseTaskBackend("default", sqlite_tasks_setting["default"])
+    connection = connections[backend.worker_database]
+    sql = queries.lease("sqlite", 1).replace("%s", "?")
+    params = [WORKER, "[]", "]", "t", "t", None, "t", "default", "default", "t", 16]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        plan = [row[-1] for row in cursor.fetchall()]
+    assert any("USING INDEX threadmill_task_ready" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
