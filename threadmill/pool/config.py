@@ -10,9 +10,9 @@ TICK_INTERVAL = 0.2
 # arbiter kills its worker process (the task is stuck in C, where the exception cannot land).
 TIMEOUT_GRACE = 2.0
 
-# Seconds an idle fetcher blocks (server-side) for new tasks before it looks at its flags again;
-# a graceful stop waits at most this long for the lease call in flight.
-FETCH_TIMEOUT = 1.0
+# An idle fetcher waits for work without a deadline: the backend wakes it when a task is
+# queued, and `interrupt(worker_id)` when its process stops. No polling while idle.
+FETCH_TIMEOUT: float | None = None
 
 # Exit code of a worker process that could not boot, and of a pool that gave up booting them.
 WORKER_BOOT_ERROR = 3

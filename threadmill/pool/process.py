@@ -245,6 +245,11 @@ class WorkerProcess:
             self.task_ready.notify_all()
             self.room_ready.notify_all()
         logger.info("Worker process %s stops because %s", self.pid, reason)
+        try:
+            self.backend.interrupt(self.worker_id)  # the fetcher may be waiting for work
+        except Exception:
+            # Unreachable backend: the fetcher's wait fails on its own, and it sees `stopping`.
+            logger.warning("Could not interrupt the fetcher's wait", exc_info=True)
         if retiring:
             self.control.send(retiring=True)
 
