@@ -181,25 +181,25 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
     @_gated
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
-        TaskRecord, _ = _models()
         now = timezone.now()
-        payload = encode_payload(task, args, kwargs)
-        record = TaskRecord(
-            result_id=get_random_string(32),
-            backend=self.alias,
-            queue_name=task.queue_name,
-            priority=task.priority,
-            status=READY,
-            payload=payload.decode(),
-            enqueued_at=now,
-            due_at=task.run_after or now,
-        )
-        # One INSERT, so no read-then-write transaction: SQLite's busy timeout applies.
+        result_id = get_random_string(32)
+        payload = encode_payload(task, args, kwargs).decode()
         connection = vendors.ready(connections[self.database])
-        self._write(lambda: record.save(using=self.database, force_insert=True), connection)
+        dialect = queries.Dialect(connection)
+        params = [
+            *(result_id, self.alias, task.queue_name, task.priority, payload),
+            *(dialect.adapt(now), dialect.adapt(task.run_after or now)),
+        ]
+
+        def insert() -> None:
+            with connection.cursor() as cursor:
+                cursor.execute(queries.ENQUEUE, params)
+
+        # One INSERT, so no read-then-write transaction: SQLite's busy timeout applies.
+        self._write(insert, connection)
         result = TaskResult(
             task=task,
-            id=record.result_id,
+            id=result_id,
             status=TaskResultStatus.READY,
             enqueued_at=now,
             started_at=None,

@@ -34,6 +34,15 @@ LEASED_COLUMNS = (
 )
 
 
+# Store a new READY task. Parameters: result_id, backend, queue_name, priority, payload,
+# enqueued_at, due_at. (The columns' defaults live in the model, not the table: all are given.)
+ENQUEUE = f"""
+INSERT INTO {TABLE} (
+    result_id, backend, queue_name, priority, status, payload, enqueued_at, due_at,
+    attempts, worker_ids, errors
+) VALUES (%s, %s, %s, %s, 'READY', %s, %s, %s, 0, '[]', '[]')"""
+
+
 @cache
 def lease(vendor: str, queues: int = 1) -> str:
     """Lease up to LIMIT due tasks of `queues` queues, best first, shared fairly; return them.
