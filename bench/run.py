@@ -61,6 +61,7 @@ class Peer:
     config: str  # how its worker runs, for the table
     settings: str = ""  # DJANGO_SETTINGS_MODULE, for Django peers
     sqlite: bool = False  # needs a fresh, migrated SQLite database
+    postgres: bool = False  # needs a fresh, migrated PostgreSQL server (--database postgres)
     processes: int = 1
     threads: int = 1
     figures: tuple[str, ...] = ("throughput", "latency", "idle", "overhead")
@@ -118,16 +119,16 @@ FAMILIES: dict[str, list[str]] = {
     "huey": ["huey", "redis[hiredis]"],
     "celery": ["celery[redis]", "redis[hiredis]"],
     "rq": ["rq", "redis[hiredis]"],
-    "django-tasks-db": ["django-tasks-db", "django>=6.1", "redis[hiredis]"],
+    "django-tasks-db": ["django-tasks-db", "django>=6.1", "redis[hiredis]", "psycopg[binary]"],
 }
 TOOLS: dict[str, list[str]] = {"plot": ["matplotlib"], "profile": ["py-spy"]}
 DISTRIBUTIONS = {
-    "threadmill": ["threadmill", "django", "redis", "hiredis"],
+    "threadmill": ["threadmill", "django", "redis", "hiredis", "psycopg"],
     "dramatiq": ["dramatiq", "redis", "hiredis"],
     "huey": ["huey", "redis", "hiredis"],
     "celery": ["celery", "kombu", "redis", "hiredis"],
     "rq": ["rq", "redis", "hiredis"],
-    "django-tasks-db": ["django-tasks-db", "django"],
+    "django-tasks-db": ["django-tasks-db", "django", "psycopg"],
 }
 
 TM = "threadmill"
@@ -148,6 +149,13 @@ PEERS = [
          settings="peers.settings_dtdb", sqlite=True),
     Peer(f"{TM} database", TM, "peers.django_tasks", "1 process, 1 thread, SQLite (WAL)",
          settings="peers.settings_threadmill_db", sqlite=True, figures=("throughput",)),
+    # Issue 6 point 3, PostgreSQL leg: only with --database postgres (or named in --peers).
+    Peer("django-tasks-db (PostgreSQL)", "django-tasks-db", "peers.django_tasks",
+         "db_worker on PostgreSQL, --interval 1 (default)",
+         settings="peers.settings_dtdb_postgres", postgres=True, figures=("throughput",)),
+    Peer(f"{TM} database (PostgreSQL)", TM, "peers.django_tasks", "1 process, 1 thread, PostgreSQL",
+         settings="peers.settings_threadmill_db_postgres", postgres=True,
+         figures=("throughput",)),
 ]  # fmt: skip
 
 
@@ -239,6 +247,74 @@ class Redis:
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster (tests.servers.PostgresServer) with its durable defaults.
+
+    PostgresServer turns fsync, synchronous_commit and full_page_writes off (the tests never need
+    their data after a crash); a benchmark of a database queue runs the server as it is run in
+    production, so those three `-c` flags are dropped from its command line here. Gone after the
+    block; the settings it really ran with are checked and kept in `Postgres.seen`.
+    """
+
+    NOT_DURABLE = {"fsync=off", "synchronous_commit=off", "full_page_writes=off"}
+    SHOWN = ("server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level")
+    seen: dict[str, str] = {}
+
+    def __enter__(self) -> "Postgres":
+        import types
+        from unittest import mock
+
+        sys.path.insert(0, str(ROOT))
+        from tests import servers
+
+        def popen(command, *args, **kwargs):
+            kept: list = []
+            for part in command:
+                if str(part) in self.NOT_DURABLE and kept and kept[-1] == "-c":
+                    kept.pop()
+                else:
+                    kept.append(part)
+            return subprocess.Popen(kept, *args, **kwargs)
+
+        durable = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
+        self.server = servers.PostgresServer()
+        try:
+            with mock.patch.object(servers, "subprocess", durable):
+                self.server.start()
+            Postgres.seen = self.show()
+        except BaseException:
+            self.server.stop()
+            raise
+        if Postgres.seen["fsync"] != "on" or Postgres.seen["synchronous_commit"] != "on":
+            self.server.stop()
+            raise RuntimeError(f"PostgreSQL is not running durably: {Postgres.seen}")
+        return self
+
+    def show(self) -> dict[str, str]:
+        import psycopg
+
+        fields = self.server.settings
+        with psycopg.connect(
+            dbname=fields["NAME"], user=fields["USER"], host=fields["HOST"], port=fields["PORT"]
+        ) as connection:
+            return {name: connection.execute(f"SHOW {name}").fetchone()[0] for name in self.SHOWN}
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+
+
+@contextlib.contextmanager
+def database(peer: Peer, tmp: str):
+    """The environment a peer's settings find its fresh database in: SQLite, PostgreSQL or none."""
+    if peer.postgres:
+        with Postgres() as server:
+            yield {"BENCH_POSTGRES": json.dumps(server.server.settings)}
+    elif peer.sqlite:
+        yield {"BENCH_SQLITE": str(Path(tmp) / "bench.sqlite3")}
+    else:
+        yield {}
 
 
 # Where threadmill is imported from: the working tree, or a snapshot of a commit
@@ -370,9 +446,13 @@ class Context:
 
 def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threads: int) -> dict:
     """Pre-enqueue `count` tasks, start the pool, time the drain; sample the pool's CPU."""
-    with Redis() as server, tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp:
-        env = environment(server.url, str(Path(tmp) / "bench.sqlite3") if peer.sqlite else "")
-        if peer.sqlite:
+    with (
+        Redis() as server,
+        tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp,
+        database(peer, tmp) as db,
+    ):
+        env = {**environment(server.url), **db}
+        if db:
             migrate(peer, env)
         enqueued = agent(peer, env, "enqueue", kind, count, count)
         worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
@@ -426,9 +506,13 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
 def idle_pool(peer: Peer, ctx: Context, latency: bool, idle: bool) -> dict:
     """Start a pool, let it go idle; count its Redis commands, then time idle pickups."""
     result: dict = {}
-    with Redis() as server, tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp:
-        env = environment(server.url, str(Path(tmp) / "bench.sqlite3") if peer.sqlite else "")
-        if peer.sqlite:
+    with (
+        Redis() as server,
+        tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp,
+        database(peer, tmp) as db,
+    ):
+        env = {**environment(server.url), **db}
+        if db:
             migrate(peer, env)
         worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
         worker = Worker(
@@ -650,6 +734,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--figures", nargs="+", default=figures, choices=figures)
     parser.add_argument("--peers", nargs="+", metavar="NAME",
                         help="rows to run, by name, e.g. 'threadmill database'")  # fmt: skip
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: the database backends on PostgreSQL (a durable "
+                        "server per drain), into benchmark-postgres.md")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--threadmill-rev", metavar="REV",
                         help="run threadmill as of commit REV, e.g. HEAD")  # fmt: skip
@@ -684,10 +771,14 @@ def main(argv: list[str] | None = None) -> dict:
         args.tasks, args.burn_tasks, args.latency_tasks, args.idle_seconds, args.drain_timeout, logs
     )
     peers = [p for p in PEERS if not args.only or p.family in args.only]
+    if args.database == "postgres":
+        peers = [p for p in peers if p.postgres]
+    elif not args.peers:  # the PostgreSQL rows run only when asked for
+        peers = [p for p in peers if not p.postgres]
     if args.peers:
         peers = [p for p in peers if p.name in args.peers]
     if not threadmill_database_exists():
-        peers = [p for p in peers if p.settings != "peers.settings_threadmill_db"]
+        peers = [p for p in peers if not p.settings.startswith("peers.settings_threadmill_db")]
     global SNAPSHOT
     source = "working tree"
     if args.threadmill_rev:
@@ -713,6 +804,8 @@ def main(argv: list[str] | None = None) -> dict:
             "config": peer.config,
             "runs": run_peer(peer, ctx, args.runs, set(args.figures)),
         }
+    if any(p.postgres for p in peers):
+        report["postgres"] = Postgres.seen
     report["seconds"] = time.monotonic() - started
     report["machine"]["load_after"] = os.getloadavg()
     (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=1))
@@ -722,14 +815,16 @@ def main(argv: list[str] | None = None) -> dict:
     import report as render  # bench/report.py
 
     args.output.mkdir(parents=True, exist_ok=True)
+    # PostgreSQL rows alone (--database postgres, or named in --peers) never replace benchmark.md.
+    name = "benchmark-postgres" if peers and all(p.postgres for p in peers) else "benchmark"
     markdown = render.markdown(report)
-    (args.output / "benchmark.md").write_text(markdown)
+    (args.output / f"{name}.md").write_text(markdown)
     print(markdown)
     if not args.no_chart:
         plot = ensure_env("plot", TOOLS["plot"], args.upgrade)
         subprocess.run(
             [str(plot / "bin" / "python"), str(BENCH / "chart.py"),
-             str(RESULTS / f"{stamp}.json"), str(args.output / "benchmark.png")],
+             str(RESULTS / f"{stamp}.json"), str(args.output / f"{name}.png")],
             check=True,
         )  # fmt: skip
     return report
