@@ -56,6 +56,8 @@ from threadmill.backends.serialization import (
     encode_payload,
     encode_return_value,
     encode_worker_ids,
+    enqueued_result,
+    new_task_id,
     synthetic_error,
     to_task_result,
 )
@@ -182,7 +184,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         now = timezone.now()
-        result_id = get_random_string(32)
+        result_id = new_task_id()
         payload = encode_payload(task, args, kwargs).decode()
         connection = vendors.ready(connections[self.database])
         dialect = queries.Dialect(connection)
@@ -197,20 +199,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
 
         # One INSERT, so no read-then-write transaction: SQLite's busy timeout applies.
         self._write(insert, connection)
-        result = TaskResult(
-            task=task,
-            id=result_id,
-            status=TaskResultStatus.READY,
-            enqueued_at=now,
-            started_at=None,
-            last_attempted_at=None,
-            finished_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
+        result = enqueued_result(task, result_id, now, args, kwargs, self.alias)
         task_enqueued.send(type(self), task_result=result)
         return result
 
