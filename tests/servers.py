@@ -31,6 +31,13 @@ def wait_for(
         time.sleep(interval)
 
 
+def kill_at_once(process: subprocess.Popen | None) -> None:
+    """SIGKILL a server process, if it still runs, and reap it."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 class RedisServer:
     """A redis-server of our own: started, killed and restarted by the tests."""
 
@@ -68,9 +75,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a power cut would."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        kill_at_once(self.process)
 
     def restart(self) -> None:
         self.kill()
@@ -185,9 +190,7 @@ class PostgresServer:
 
     def kill(self) -> None:
         """Kill the postmaster at once (SIGKILL), as a power cut would."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        kill_at_once(self.process)
 
     def restart(self) -> None:
         self.kill()
