@@ -37,6 +37,14 @@ def pid() -> int:
 
 
 @task
+def note_run(path: str, label: int) -> int:
+    """Append `label` to the file at `path` (one line per run), return the pid."""
+    with open(path, "a") as log:
+        log.write(f"{label}\n")
+    return os.getpid()
+
+
+@task
 def sleep_then_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()

@@ -96,6 +96,40 @@ def test_task_that_segfaults_fails_with_worker_lost_naming_sigsegv(start_pool, f
     assert finished(after).return_value not in (None, old)
 
 
+def test_tasks_finished_before_a_crash_keep_their_results_and_are_not_run_again(
+    start_pool, finished, tmp_path
+):
+    # Queued before the pool starts, the short tasks run back to back and their outcomes are
+    # held, to be published many at once; the crash comes before that. The arbiter must
+    # publish them from the dead worker's scoreboard, not fail them or run them again.
+    log = tmp_path / "runs.log"
+    short = [pool_tasks.note_run.enqueue(str(log), i) for i in range(10)]
+    crash = pool_tasks.segfault.enqueue()
+    pool = start_pool("--processes", "1", "--prefetch", "16")
+
+    assert finished(crash).errors[-1].exception_class_path == WORKER_LOST
+    (old,) = {finished(r).return_value for r in short}
+    for result in short:
+        result = finished(result)
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        assert result.attempts == 1
+    assert sorted(log.read_text().split()) == sorted(str(i) for i in range(10))  # once each
+    assert f"published for worker process {old}, which was killed by SIGSEGV" in pool.log()
+
+
+def test_a_short_task_is_published_while_the_long_one_after_it_runs(start_pool, backend, tmp_path):
+    short = pool_tasks.pid.enqueue()
+    long_task = pool_tasks.touch_then_sleep.enqueue(str(tmp_path / "started"), 30)
+    start_pool("--processes", "1", "--prefetch", "2")
+    wait_for(lambda: (tmp_path / "started").exists(), what="the long task to start")
+    wait_for(
+        lambda: backend.get_result(short.id).status == TaskResultStatus.SUCCESSFUL,
+        timeout=2,
+        what="the short task's result, held no longer than a moment",
+    )
+    assert backend.get_result(long_task.id).status == TaskResultStatus.RUNNING
+
+
 def test_task_that_calls_os_exit_fails_with_worker_lost_naming_its_exit_code(start_pool, finished):
     pool = start_pool("--processes", "1")
     (old,) = pool.booted_workers(1)

@@ -11,7 +11,7 @@ import pytest
 from threadmill.pool.arbiter import describe_exit
 from threadmill.pool.control import ControlReader, ControlWriter
 from threadmill.pool.logs import BufferedStreamHandler
-from threadmill.pool.scoreboard import FINISHED, STARTED, Scoreboard
+from threadmill.pool.scoreboard import FINISHED, OUTCOME_SIZE, STARTED, Scoreboard
 
 
 def test_an_exit_is_described_by_its_signal_name_or_its_exit_code():
@@ -64,6 +64,27 @@ def test_the_scoreboard_shows_the_arbiter_started_tasks_until_they_are_freed_acr
     assert (started["task-a"].state, started["task-a"].timeout) == (STARTED, 1.5)
     assert (started["task-b"].state, started["task-b"].deadline) == (FINISHED, 200.0)
     assert board.progress() == 1
+    board.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_an_outcome_held_in_the_scoreboard_outlives_the_worker_until_its_slot_is_reused():
+    board = Scoreboard(3)
+    pid = os.fork()
+    if pid == 0:  # the worker's side
+        for slot, task_id in enumerate(["held", "freed", "restarted"]):
+            board.start(slot, task_id, 1.0, 10.0)
+            board.finish(slot)
+            assert board.hold(slot, f'{{"task":"{task_id}"}}'.encode())
+        assert not board.hold(0, b"x" * (OUTCOME_SIZE + 1))  # too big: published at once
+        board.free(1)
+        board.start(2, "restarted", 1.0, 10.0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    started = {task.task_id: task for task in board.started(final=True)}
+    assert started["held"].outcome == b'{"task":"held"}'
+    assert "freed" not in started
+    assert started["restarted"].outcome is None  # a new start drops the old outcome
     board.close()
 
 

@@ -40,7 +40,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from threadmill.backends.base import AcknowledgeableTaskBackend
 from threadmill.backends.serialization import synthetic_error
 from threadmill.exceptions import TaskTimeout, WorkerLost
-from threadmill.pool import titles
+from threadmill.pool import held_outcomes, titles
 from threadmill.pool.config import (
     MAX_BOOT_FAILURES,
     TIMEOUT_GRACE,
@@ -82,6 +82,7 @@ class Worker:
     boot_error: str | None = None
     long_ids: dict[int, str] = field(default_factory=dict)  # slot -> an id too long for it
     started: dict[str, float] = field(default_factory=dict)  # read at burial: id -> timeout
+    held: dict[str, bytes] = field(default_factory=dict)  # read at burial: id -> its outcome
     retiring: bool = False  # leaving (recycled, reloaded, fewer processes): not counted
     stop_sent_at: float | None = None
     kill_reason: str | None = None
@@ -318,6 +319,8 @@ class Arbiter:
             task_id = task.task_id or worker.long_ids.get(task.slot)
             if task_id is not None:  # else it died before saying which: release_pool has it
                 worker.started[task_id] = task.timeout
+                if task.outcome is not None:
+                    worker.held[task_id] = task.outcome
                 if task.slot == worker.timed_out_slot:
                     worker.timed_out = task_id
         worker.board.close()
@@ -408,6 +411,19 @@ class Arbiter:
             or result.worker_ids[-1] != worker.worker_id
         ):
             return  # already settled, or leased again by someone else: not ours to touch
+        held = worker.held.get(task_id)
+        if held is not None:
+            # It finished; the worker died holding its outcome unpublished. Publish it.
+            status = held_outcomes.publish(self.backend, result, held)
+            logger.info(
+                "Task %s %s %s (published for worker process %s, which %s)",
+                task_id,
+                result.task.module_path,
+                status,
+                worker.pid,
+                how,
+            )
+            return
         timeout = worker.started.get(task_id)
         if task_id == worker.timed_out:
             error = synthetic_error(

@@ -14,6 +14,11 @@ Threads and what they own:
   queues its outcome and waits for the next. So an idle pool adds no latency, and the more
   threads finish at once, the more outcomes share a round trip. Outcomes are held through a
   backend outage and only then are their scoreboard slots freed;
+- while more tasks wait in the buffer, an executor *holds* its outcome instead (up to
+  HOLD_LIMIT of them, written into the task's scoreboard slot, `held_outcomes.py`) and runs the next
+  task at once: a stream of short tasks publishes its outcomes many to a round trip;
+- the *flusher* publishes outcomes held longer than HOLD_AGE, so a long task that follows a
+  short one does not keep the short one's result waiting;
 - the *main thread* waits for signals, moves the heartbeat counter on the scoreboard, writes
   out buffered log lines, updates the process title, and raises `_Deadline` in an executor
   whose task ran past its timeout. It runs no task code, so the heartbeat stops only when the
@@ -21,8 +26,9 @@ Threads and what they own:
 
 No thread writes to the arbiter's pipe per task: a task costs the shared memory writes of its
 scoreboard slot, and its outcome shares one round trip with whatever else finished meanwhile.
-An executor runs no more task code until its outcome is published, so a task that crashes the
-process cannot take the already finished tasks of that thread down with it.
+An executor runs no more task code until its outcome is published or held in shared memory, so
+a task that crashes the process cannot take the already finished tasks down with it: the
+arbiter publishes what was held.
 
 Stop order (SIGTERM, recycling, the arbiter gone): stop leasing first and wait for the lease
 call in flight, because a lease taken after we looked would otherwise be lost; executors take
@@ -56,7 +62,7 @@ from threadmill.backends.base import AcknowledgeableTaskBackend, retry_delay
 from threadmill.exceptions import TaskTimeout
 from threadmill.execution import execute
 from threadmill.outcomes import failed
-from threadmill.pool import logs, titles
+from threadmill.pool import held_outcomes, logs, titles
 from threadmill.pool.config import (
     FETCH_TIMEOUT,
     TICK_INTERVAL,
@@ -69,6 +75,11 @@ from threadmill.pool.scoreboard import Scoreboard
 from threadmill.retry import backoff_delay
 
 logger = logging.getLogger("threadmill.worker")
+
+# Outcomes an executor may hold unpublished while more tasks wait (see the module docstring),
+# and for how long at most (seconds): a batch of no-op tasks takes a few milliseconds.
+HOLD_LIMIT = 32
+HOLD_AGE = 0.02
 
 # Objects inherited from the arbiter that the child must neither use nor garbage-collect:
 # collecting a database connection could close the socket the arbiter still uses.
@@ -102,6 +113,7 @@ class _Outcome:
     slot: int  # its scoreboard slot, freed once the outcome is published
     duration: float  # seconds its code ran
     retry_in: timedelta | None  # its retry policy's answer, asked once by the executor
+    ended: float  # time.monotonic() when its code returned
     published: bool = False
 
 
@@ -133,10 +145,12 @@ class WorkerProcess:
         self.task_ready = threading.Condition(self.lock)  # executors: buffer, stop
         self.room_ready = threading.Condition(self.lock)  # the fetcher: `_wants_more()`, stop
         self.published = threading.Condition(self.lock)  # executors waiting in the group commit
+        self.flusher_wake = threading.Condition(self.lock)  # the flusher: outbox, executors gone
         self.buffer: deque[TaskResult] = deque()
         self.outbox: list[_Outcome] = []  # outcomes waiting for the next publication
-        self.publishing = False  # an executor is sending a batch of outcomes now
-        self.held = 0  # leased and not yet published or released: buffered, running, outbox
+        self.publishing = False  # an executor (or the flusher) is sending a batch of outcomes
+        self.executors_left = config.threads
+        self.in_hand = 0  # leased, not yet published or released: buffered, running, outbox
         self.limit = config.threads + config.prefetch
         self.free_slots = list(range(self.limit))  # a held task needs at most one each
         budget = math.inf
@@ -207,6 +221,7 @@ class WorkerProcess:
         autodiscover_modules("tasks")
 
         self.threads.append(threading.Thread(target=self._fetch, name="fetcher", daemon=True))
+        self.threads.append(threading.Thread(target=self._flush, name="flusher", daemon=True))
         for index in range(self.config.threads):
             self.threads.append(
                 threading.Thread(target=self._execute, name=f"executor-{index}", daemon=True)
@@ -264,7 +279,7 @@ class WorkerProcess:
                         self.room_ready.wait()
                     if self.stopping or self.budget <= 0:
                         break
-                    count = int(min(self.limit - self.held, self.budget))
+                    count = int(min(self.limit - self.in_hand, self.budget))
                 try:
                     leased = self.backend.acquire_many(
                         *self.config.queues,
@@ -286,7 +301,7 @@ class WorkerProcess:
                 # on the scoreboard, `release_pool` gives it back with the rest of our leases.
                 with self.lock:
                     self.buffer.extend(leased)
-                    self.held += len(leased)
+                    self.in_hand += len(leased)
                     self.budget -= len(leased)
                     self.task_ready.notify(len(leased))
         finally:
@@ -302,9 +317,9 @@ class WorkerProcess:
     def _wants_more(self) -> bool:
         # Refill in batches: wait until half the prefetch is used up (or a thread is idle), so
         # one round trip leases many tasks instead of one round trip per finished task.
-        if self.held >= self.limit:
+        if self.in_hand >= self.limit:
             return False
-        return len(self.buffer) <= self.config.prefetch // 2 or self.held < self.config.threads
+        return len(self.buffer) <= self.config.prefetch // 2 or self.in_hand < self.config.threads
 
     # --- executor threads -----------------------------------------------------------------
 
@@ -320,7 +335,7 @@ class WorkerProcess:
                     if self.stopping or not self.buffer:
                         return
                     leased = self.buffer.popleft()
-                    # A free slot exists: every task in a slot is also counted in `held`.
+                    # A free slot exists: every task in a slot is also counted in `in_hand`.
                     slot = self.free_slots.pop()
                     self.running[ident] = leased.task.module_path
                     # The buffer shrank: the fetcher may want to refill it now, not only when a
@@ -330,6 +345,9 @@ class WorkerProcess:
                 self._commit(self._run(leased, slot, ident))
                 self._check_memory()
         finally:
+            with self.lock:
+                self.executors_left -= 1
+                self.flusher_wake.notify()  # the flusher publishes what is still held, then ends
             connections.close_all()  # this thread's own connections
             self._wake_main()
 
@@ -362,7 +380,7 @@ class WorkerProcess:
             retry_in = retry_delay(finished)  # here, once: a policy with side effects runs once
         with self.lock:
             del self.running[ident]
-        return _Outcome(finished, slot, duration, retry_in)
+        return _Outcome(finished, slot, duration, retry_in, started + duration)
 
     def _timeout_of(self, leased: TaskResult) -> float:
         """Seconds the task may run from now: its own timeout, else --timeout, within the lease."""
@@ -400,15 +418,52 @@ class WorkerProcess:
     # --- group commit ---------------------------------------------------------------------
 
     def _commit(self, outcome: _Outcome) -> None:
-        """Publish an outcome, with whatever others wait; return once it is published."""
+        """Publish an outcome, with whatever others wait, or hold it while more tasks wait;
+        return once it is published or held."""
+        # Encoded outside the lock; only worth it when the outcome may be held.
+        encoded = held_outcomes.encode(outcome.finished, outcome.retry_in) if self.buffer else None
         with self.lock:
             self.outbox.append(outcome)
+            if (
+                encoded is not None
+                and self.buffer
+                and not self.stopping
+                and len(self.outbox) <= HOLD_LIMIT
+                and self.board.hold(outcome.slot, encoded)
+            ):
+                if len(self.outbox) == 1:
+                    self.flusher_wake.notify()  # the flusher starts its clock
+                return
             while self.publishing and not outcome.published:
                 self.published.wait()
             if outcome.published:
                 return  # it went out in the batch of the executor that was publishing
             self.publishing = True
             batch, self.outbox = self.outbox, []
+        self._send(batch)
+
+    def _flush(self) -> None:
+        """The flusher thread: publish outcomes held past HOLD_AGE, and what is left held
+        once the executors are gone."""
+        while True:
+            with self.lock:
+                while not self.outbox and self.executors_left:
+                    self.flusher_wake.wait()
+                if not self.outbox:
+                    return
+                wait = self.outbox[0].ended + HOLD_AGE - time.monotonic()
+                if self.executors_left and wait > 0:
+                    self.flusher_wake.wait(wait)
+                    continue
+                if self.publishing:
+                    self.published.wait()
+                    continue
+                self.publishing = True
+                batch, self.outbox = self.outbox, []
+            self._send(batch)
+
+    def _send(self, batch: list[_Outcome]) -> None:
+        """Publish a batch taken from the outbox (this thread set `publishing`)."""
         try:
             statuses = self._publish(batch)
             # Published: only now may the arbiter forget these tasks, and only then may their
@@ -421,7 +476,7 @@ class WorkerProcess:
                 for item in batch:
                     item.published = True
                 self.free_slots.extend(item.slot for item in batch)
-                self.held -= len(batch)
+                self.in_hand -= len(batch)
                 # Wake the executors whose outcomes went out, and one that queued meanwhile
                 # becomes the next publisher.
                 self.published.notify_all()

@@ -13,10 +13,15 @@ never write one slot at the same time. A slot:
     sequence  u32   odd while the slot is being written (a seqlock)
     state     u8    FREE, STARTED (the task's code runs) or FINISHED (its outcome is on its way)
     length    u8    bytes of the task id stored, or LONG_ID: the id went over the control pipe
-    (2 bytes of padding)
+    held      u16   bytes of the outcome held here (0: none), see `hold`
     timeout   f64   seconds the task may run
     deadline  f64   time.monotonic() (one clock for every process) when that timeout passes
     task id   UTF-8, up to ID_SIZE bytes
+    outcome   up to OUTCOME_SIZE bytes, from the 128th byte of the slot on
+
+A worker may start its next task before the outcome of the last one is published, to publish
+many in one round trip; it first *holds* that outcome here. If the worker dies meanwhile, the
+arbiter publishes what is held (`threadmill.pool.held_outcomes`): the outcome outlives the process.
 
 Ordering rules. The writer bumps `sequence` to odd, writes the fields, bumps it to even; the
 reader reads `sequence`, the fields, `sequence` again, and reads again when they differ or were
@@ -40,10 +45,14 @@ LONG_ID = 255  # `length` of a slot whose task id did not fit: it was sent over 
 
 _PROGRESS = struct.Struct("=Q")
 _SEQUENCE = struct.Struct("=I")
-_FIELDS = struct.Struct(f"=BBxxdd{ID_SIZE}s")  # the floats 8-byte aligned
-_SLOT_SIZE = 128
+_FIELDS = struct.Struct(f"=BBHdd{ID_SIZE}s")  # the floats 8-byte aligned
+_HELD = struct.Struct("=H")
+_HELD_OFFSET = _SEQUENCE.size + 2  # after sequence, state and length
+_OUTCOME_OFFSET = 128
+_SLOT_SIZE = 1024
+OUTCOME_SIZE = _SLOT_SIZE - _OUTCOME_OFFSET
 _HEADER_SIZE = 8
-assert _SEQUENCE.size + _FIELDS.size <= _SLOT_SIZE
+assert _SEQUENCE.size + _FIELDS.size <= _OUTCOME_OFFSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,7 @@ class StartedTask:
     state: int
     timeout: float
     deadline: float
+    outcome: bytes | None = None  # held, not published (read only once the worker is reaped)
 
 
 class Scoreboard:
@@ -89,6 +99,20 @@ class Scoreboard:
         self._map[offset + _SEQUENCE.size] = FINISHED
         _SEQUENCE.pack_into(self._map, offset, sequence + 2)
 
+    def hold(self, slot: int, outcome: bytes) -> bool:
+        """Keep a finished task's encoded outcome, for the arbiter should the worker die before
+        publishing it; False if it does not fit (publish it before running more tasks)."""
+        if len(outcome) > OUTCOME_SIZE:
+            return False
+        offset = _HEADER_SIZE + slot * _SLOT_SIZE
+        sequence = _SEQUENCE.unpack_from(self._map, offset)[0]
+        _SEQUENCE.pack_into(self._map, offset, sequence + 1)
+        start = offset + _OUTCOME_OFFSET
+        self._map[start : start + len(outcome)] = outcome
+        _HELD.pack_into(self._map, offset + _HELD_OFFSET, len(outcome))
+        _SEQUENCE.pack_into(self._map, offset, sequence + 2)
+        return True
+
     def free(self, slot: int) -> None:
         """Mark a slot free: its task's outcome is published."""
         self._write(slot, FREE, 0, 0.0, 0.0, b"")
@@ -100,7 +124,7 @@ class Scoreboard:
         sequence = _SEQUENCE.unpack_from(self._map, offset)[0]
         _SEQUENCE.pack_into(self._map, offset, sequence + 1)
         _FIELDS.pack_into(
-            self._map, offset + _SEQUENCE.size, state, length, timeout, deadline, task_id
+            self._map, offset + _SEQUENCE.size, state, length, 0, timeout, deadline, task_id
         )
         _SEQUENCE.pack_into(self._map, offset, sequence + 2)
 
@@ -123,7 +147,7 @@ class Scoreboard:
                 continue  # a cheap look first; below it is read properly
             for _ in range(100):
                 before = _SEQUENCE.unpack_from(view, offset)[0]
-                state, length, timeout, deadline, raw = _FIELDS.unpack_from(
+                state, length, held, timeout, deadline, raw = _FIELDS.unpack_from(
                     view, offset + _SEQUENCE.size
                 )
                 if before % 2 == 0 and _SEQUENCE.unpack_from(view, offset)[0] == before:
@@ -134,7 +158,11 @@ class Scoreboard:
             if state == FREE:
                 continue
             task_id = None if length == LONG_ID else raw[:length].decode(errors="replace")
-            yield StartedTask(slot, task_id, state, timeout, deadline)
+            outcome = None
+            if final and state == FINISHED and 0 < held <= OUTCOME_SIZE:
+                start = offset + _OUTCOME_OFFSET
+                outcome = bytes(view[start : start + held])
+            yield StartedTask(slot, task_id, state, timeout, deadline, outcome)
 
     def close(self) -> None:
         if not self.closed:
