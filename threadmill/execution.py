@@ -27,8 +27,6 @@ def execute(task_result: TaskResult, sender: type) -> TaskResult:
     JSON fails the task with `InvalidReturnValue`. `sender` is the backend class, as Django's
     `task_started` / `task_finished` signals expect.
     """
-    # Connections a previous task left broken or past CONN_MAX_AGE must not reach this one.
-    close_old_connections()
     _send(task_started, sender, task_result)
     try:
         value = _call(task_result)
@@ -40,6 +38,8 @@ def execute(task_result: TaskResult, sender: type) -> TaskResult:
     else:
         finished = succeeded(task_result, value)
     finally:
+        # Connections this task left broken or past CONN_MAX_AGE must not reach the next one.
+        # (Those that age while a thread waits for work are its caller's to close.)
         close_old_connections()
     _send(task_finished, sender, finished)
     return finished

@@ -511,7 +511,7 @@ class Arbiter:
             self.live_pools.add(pool_id)
         read_fd, write_fd = os.pipe()
         # Created before the fork, so both sides share it.
-        board = Scoreboard(self.config.threads + self.config.prefetch)
+        board = Scoreboard(self.config.scoreboard_slots)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would print our buffered output a second time
         # Signals stay blocked across the fork until the child has its own handlers, so a

@@ -14,6 +14,13 @@ TIMEOUT_GRACE = 2.0
 # queued, and `interrupt(worker_id)` when its process stops. No polling while idle.
 FETCH_TIMEOUT: float | None = None
 
+# How a worker process publishes outcomes (see pool/process.py): at most HOLD_LIMIT held
+# unpublished in its scoreboard; sent once PUBLISH_BATCH are waiting, or the oldest has waited
+# HOLD_AGE seconds, or no more tasks are buffered, so that short tasks share a round trip.
+HOLD_LIMIT = 64
+PUBLISH_BATCH = 16
+HOLD_AGE = 0.01
+
 # Exit code of a worker process that could not boot, and of a pool that gave up booting them.
 WORKER_BOOT_ERROR = 3
 
@@ -38,3 +45,9 @@ class PoolConfig:
     heartbeat_timeout: float = 30.0
     exit_empty: bool = False
     log_format: str = "text"
+
+    @property
+    def scoreboard_slots(self) -> int:
+        """Slots a worker process needs: one per thread (its running task, or its outcome
+        it waits to see published) and one per outcome held (at most HOLD_LIMIT)."""
+        return self.threads + HOLD_LIMIT

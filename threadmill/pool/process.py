@@ -8,17 +8,16 @@ Threads and what they own:
   puts them in `buffer`;
 - the *executors* take tasks from `buffer`, mark each started on the scoreboard (shared with
   the arbiter, see `scoreboard.py`) before calling its code, run it (`threadmill.execution`),
-  ask its retry policy when it failed, and publish the outcome by group commit: an executor
-  that finds no publication in flight sends every outcome waiting, its own included, in one
-  round trip (`acknowledge_many`; retries one by one); one that finds a publication in flight
-  queues its outcome and waits for the next. So an idle pool adds no latency, and the more
-  threads finish at once, the more outcomes share a round trip. Outcomes are held through a
-  backend outage and only then are their scoreboard slots freed;
-- while more tasks wait in the buffer, an executor *holds* its outcome instead (up to
-  HOLD_LIMIT of them, written into the task's scoreboard slot, `held_outcomes.py`) and runs the next
-  task at once: a stream of short tasks publishes its outcomes many to a round trip;
-- the *flusher* publishes outcomes held longer than HOLD_AGE, so a long task that follows a
-  short one does not keep the short one's result waiting;
+  ask its retry policy when it failed, write the outcome into the task's scoreboard slot
+  (`held_outcomes.py`), put it in the `outbox` and go on with the next task at once;
+- the *publisher* sends the whole outbox in one round trip (`acknowledge_many`; retries one
+  by one) once PUBLISH_BATCH outcomes wait, or the oldest has waited HOLD_AGE, or the buffer
+  is empty (the executors are about to idle: no reason to wait). So an idle pool publishes
+  each outcome at once, and a stream of short tasks publishes them many to a round trip
+  while its executors keep running tasks. Outcomes are held through a backend outage and
+  only then are their scoreboard slots freed. At most HOLD_LIMIT outcomes wait unpublished;
+  past that, and for an outcome too big for its slot, the executor waits until its outcome
+  is published;
 - the *main thread* waits for signals, moves the heartbeat counter on the scoreboard, writes
   out buffered log lines, updates the process title, and raises `_Deadline` in an executor
   whose task ran past its timeout. It runs no task code, so the heartbeat stops only when the
@@ -27,8 +26,8 @@ Threads and what they own:
 No thread writes to the arbiter's pipe per task: a task costs the shared memory writes of its
 scoreboard slot, and its outcome shares one round trip with whatever else finished meanwhile.
 An executor runs no more task code until its outcome is published or held in shared memory, so
-a task that crashes the process cannot take the already finished tasks down with it: the
-arbiter publishes what was held.
+a task that crashes the process cannot take the finished tasks down with it: the arbiter
+publishes what was held.
 
 Stop order (SIGTERM, recycling, the arbiter gone): stop leasing first and wait for the lease
 call in flight, because a lease taken after we looked would otherwise be lost; executors take
@@ -65,6 +64,9 @@ from threadmill.outcomes import failed
 from threadmill.pool import held_outcomes, logs, titles
 from threadmill.pool.config import (
     FETCH_TIMEOUT,
+    HOLD_AGE,
+    HOLD_LIMIT,
+    PUBLISH_BATCH,
     TICK_INTERVAL,
     TIMEOUT_GRACE,
     WORKER_BOOT_ERROR,
@@ -76,10 +78,6 @@ from threadmill.retry import backoff_delay
 
 logger = logging.getLogger("threadmill.worker")
 
-# Outcomes an executor may hold unpublished while more tasks wait (see the module docstring),
-# and for how long at most (seconds): a batch of no-op tasks takes a few milliseconds.
-HOLD_LIMIT = 32
-HOLD_AGE = 0.02
 
 # Objects inherited from the arbiter that the child must neither use nor garbage-collect:
 # collecting a database connection could close the socket the arbiter still uses.
@@ -114,6 +112,7 @@ class _Outcome:
     duration: float  # seconds its code ran
     retry_in: timedelta | None  # its retry policy's answer, asked once by the executor
     ended: float  # time.monotonic() when its code returned
+    held: bool = False  # in the scoreboard; else its executor waits until it is published
     published: bool = False
 
 
@@ -144,15 +143,16 @@ class WorkerProcess:
         self.lock = threading.Lock()
         self.task_ready = threading.Condition(self.lock)  # executors: buffer, stop
         self.room_ready = threading.Condition(self.lock)  # the fetcher: `_wants_more()`, stop
-        self.published = threading.Condition(self.lock)  # executors waiting in the group commit
-        self.flusher_wake = threading.Condition(self.lock)  # the flusher: outbox, executors gone
+        self.published = threading.Condition(self.lock)  # executors waiting for their outcome
+        self.outbox_ready = threading.Condition(self.lock)  # the publisher: outbox, executors gone
         self.buffer: deque[TaskResult] = deque()
         self.outbox: list[_Outcome] = []  # outcomes waiting for the next publication
-        self.publishing = False  # an executor (or the flusher) is sending a batch of outcomes
+        self.unpublished = 0  # outcomes in the outbox or being published
         self.executors_left = config.threads
-        self.in_hand = 0  # leased, not yet published or released: buffered, running, outbox
+        self.in_hand = 0  # leased and not finished yet (nor released): buffered or running
         self.limit = config.threads + config.prefetch
-        self.free_slots = list(range(self.limit))  # a held task needs at most one each
+        # A slot for each running task and each unpublished outcome (see `_commit`).
+        self.free_slots = list(range(config.scoreboard_slots))
         budget = math.inf
         if config.max_tasks is not None:
             budget = config.max_tasks + random.randint(0, config.max_tasks_jitter)
@@ -221,7 +221,7 @@ class WorkerProcess:
         autodiscover_modules("tasks")
 
         self.threads.append(threading.Thread(target=self._fetch, name="fetcher", daemon=True))
-        self.threads.append(threading.Thread(target=self._flush, name="flusher", daemon=True))
+        self.threads.append(threading.Thread(target=self._publisher, name="publisher", daemon=True))
         for index in range(self.config.threads):
             self.threads.append(
                 threading.Thread(target=self._execute, name=f"executor-{index}", daemon=True)
@@ -324,30 +324,35 @@ class WorkerProcess:
     # --- executor threads -----------------------------------------------------------------
 
     def _execute(self) -> None:
-        from django.db import connections
+        from django.db import close_old_connections, connections
 
         ident = threading.get_ident()
         try:
             while True:
                 with self.lock:
+                    waited = not self.buffer
                     while not self.buffer and not self.stopping and not self.fetcher_done:
                         self.task_ready.wait()
                     if self.stopping or not self.buffer:
                         return
                     leased = self.buffer.popleft()
-                    # A free slot exists: every task in a slot is also counted in `in_hand`.
+                    # A free slot exists: see `PoolConfig.scoreboard_slots`.
                     slot = self.free_slots.pop()
                     self.running[ident] = leased.task.module_path
                     # The buffer shrank: the fetcher may want to refill it now, not only when a
                     # task ends (a long task would otherwise starve the prefetch).
                     if self._wants_more():
                         self.room_ready.notify()
+                if waited:
+                    # Idle, this thread's connections may have passed CONN_MAX_AGE (after a
+                    # task, `execute` closes what it left); between busy tasks there is no need.
+                    close_old_connections()
                 self._commit(self._run(leased, slot, ident))
                 self._check_memory()
         finally:
             with self.lock:
                 self.executors_left -= 1
-                self.flusher_wake.notify()  # the flusher publishes what is still held, then ends
+                self.outbox_ready.notify()  # the publisher sends what is left, then ends
             connections.close_all()  # this thread's own connections
             self._wake_main()
 
@@ -418,72 +423,64 @@ class WorkerProcess:
     # --- group commit ---------------------------------------------------------------------
 
     def _commit(self, outcome: _Outcome) -> None:
-        """Publish an outcome, with whatever others wait, or hold it while more tasks wait;
-        return once it is published or held."""
-        # Encoded outside the lock; only worth it when the outcome may be held.
-        encoded = held_outcomes.encode(outcome.finished, outcome.retry_in) if self.buffer else None
+        """Hand a finished task's outcome to the publisher; return at once if it could be held
+        in the scoreboard, else once it is published."""
+        encoded = held_outcomes.encode(outcome.finished, outcome.retry_in)
         with self.lock:
+            outcome.held = self.unpublished < HOLD_LIMIT and self.board.hold(outcome.slot, encoded)
+            self.in_hand -= 1
+            self.unpublished += 1
             self.outbox.append(outcome)
-            if (
-                encoded is not None
-                and self.buffer
-                and not self.stopping
-                and len(self.outbox) <= HOLD_LIMIT
-                and self.board.hold(outcome.slot, encoded)
-            ):
-                if len(self.outbox) == 1:
-                    self.flusher_wake.notify()  # the flusher starts its clock
-                return
-            while self.publishing and not outcome.published:
+            # Wake the publisher when it has a clock to start or a batch to send, not for
+            # every outcome (a wake-up is a system call).
+            if len(self.outbox) == 1 or self._publication_due():
+                self.outbox_ready.notify()
+            if self._wants_more():
+                self.room_ready.notify()
+            while not outcome.held and not outcome.published:
                 self.published.wait()
-            if outcome.published:
-                return  # it went out in the batch of the executor that was publishing
-            self.publishing = True
-            batch, self.outbox = self.outbox, []
-        self._send(batch)
 
-    def _flush(self) -> None:
-        """The flusher thread: publish outcomes held past HOLD_AGE, and what is left held
-        once the executors are gone."""
+    def _publication_due(self) -> bool:
+        """Send the outbox now, or let it grow? (With `lock` held and the outbox not empty.)"""
+        return (
+            len(self.outbox) >= PUBLISH_BATCH
+            or not self.outbox[-1].held  # its executor waits
+            or not self.buffer  # the executors are about to idle
+            or self.stopping
+            or not self.executors_left
+        )
+
+    def _publisher(self) -> None:
+        """The publisher thread: publish the outbox, batch after batch, until the executors
+        are gone and nothing is left."""
         while True:
             with self.lock:
-                while not self.outbox and self.executors_left:
-                    self.flusher_wake.wait()
-                if not self.outbox:
-                    return
-                wait = self.outbox[0].ended + HOLD_AGE - time.monotonic()
-                if self.executors_left and wait > 0:
-                    self.flusher_wake.wait(wait)
-                    continue
-                if self.publishing:
-                    self.published.wait()
-                    continue
-                self.publishing = True
+                while True:
+                    if not self.outbox:
+                        if not self.executors_left:
+                            return
+                        self.outbox_ready.wait()
+                        continue
+                    wait = self.outbox[0].ended + HOLD_AGE - time.monotonic()
+                    if wait <= 0 or self._publication_due():
+                        break
+                    self.outbox_ready.wait(wait)
                 batch, self.outbox = self.outbox, []
-            self._send(batch)
-
-    def _send(self, batch: list[_Outcome]) -> None:
-        """Publish a batch taken from the outbox (this thread set `publishing`)."""
-        try:
-            statuses = self._publish(batch)
-            # Published: only now may the arbiter forget these tasks, and only then may their
-            # slots be handed out again (a slot is freed before it goes back to the list).
-            for item in batch:
-                self.board.free(item.slot)
-        finally:
-            with self.lock:
-                self.publishing = False
+            try:
+                statuses = self._publish(batch)
+                # Published: only now may the arbiter forget these tasks, and only then may
+                # their slots be handed out again (a slot is freed before it goes back).
                 for item in batch:
-                    item.published = True
-                self.free_slots.extend(item.slot for item in batch)
-                self.in_hand -= len(batch)
-                # Wake the executors whose outcomes went out, and one that queued meanwhile
-                # becomes the next publisher.
-                self.published.notify_all()
-                if self._wants_more():
-                    self.room_ready.notify()
-        for item, status in zip(batch, statuses, strict=True):
-            self._log_end(item, status)
+                    self.board.free(item.slot)
+            finally:
+                with self.lock:
+                    for item in batch:
+                        item.published = True
+                    self.free_slots.extend(item.slot for item in batch)
+                    self.unpublished -= len(batch)
+                    self.published.notify_all()
+            for item, status in zip(batch, statuses, strict=True):
+                self._log_end(item, status)
 
     def _publish(self, batch: list[_Outcome]) -> list[str]:
         """Acknowledge finished tasks in one round trip, schedule retries; return what to log.
