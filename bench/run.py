@@ -627,7 +627,8 @@ def commandstats(sock: socket.socket) -> dict[str, int]:
 
 
 def calibrate(repeats: int = 3000) -> dict:
-    """The task body's own reporting cost: one pipelined INCR + INCRBY round trip, alone."""
+    """The task body's own reporting cost (one pipelined INCR + INCRBY round trip, alone), and
+    the floors no worker can go below on this machine (bench/floors.py)."""
     with Redis() as server:
         r = server.client
         cpu, wall = time.thread_time(), time.perf_counter()
@@ -636,10 +637,17 @@ def calibrate(repeats: int = 3000) -> dict:
             pipe.incr("x")
             pipe.incrby("y", 5)
             pipe.execute()
-        return {
+        measured = {
             "report_wall_us": (time.perf_counter() - wall) / repeats * 1e6,
             "report_cpu_us": (time.thread_time() - cpu) / repeats * 1e6,
         }
+        env = {**environment(server.url), "DJANGO_SETTINGS_MODULE": "peers.settings_threadmill"}
+        reply = subprocess.run(
+            [sys.executable, str(BENCH / "floors.py")],
+            env=env, cwd=BENCH, capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        measured["floors"] = json.loads(reply.stdout.strip().splitlines()[-1])
+        return measured
 
 
 # --- running it all -----------------------------------------------------------------------

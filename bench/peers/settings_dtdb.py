@@ -1,5 +1,6 @@
 """django-tasks-db (its `db_worker`) on SQLite."""
 
+from peers.quiet import LOGGING  # noqa: F401
 from peers.sqlite import databases
 
 SECRET_KEY = "threadmill-bench"

@@ -2,6 +2,8 @@
 
 import os
 
+from peers.quiet import LOGGING  # noqa: F401
+
 SECRET_KEY = "threadmill-bench"
 USE_TZ = True
 INSTALLED_APPS = ["threadmill"]
@@ -13,10 +15,4 @@ TASKS = {
         "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
         "QUEUES": ["default"],
     }
-}
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"threadmill": {"handlers": ["console"], "level": "WARNING"}},
 }

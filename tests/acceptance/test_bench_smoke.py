@@ -30,4 +30,9 @@ def test_benchmark_drains_tasks_with_threadmill_and_reports_a_throughput(tmp_pat
     assert noop["complete"], noop
     assert noop["throughput"] > 0
     assert noop["enqueue_rate"] > 0
-    assert "| threadmill |" in (tmp_path / "benchmark.md").read_text()
+    floors = report["calibration"]["floors"]
+    assert floors["body"]["rate"] > floors["execute"]["rate"] > 0  # a Django task costs more
+    assert 0 < floors["wake"]["p50_ms"] <= floors["wake"]["p95_ms"]
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert "| threadmill |" in markdown
+    assert "the task body alone (one INCR), in a bare loop" in markdown
