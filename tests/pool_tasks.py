@@ -45,6 +45,11 @@ def note_run(path: str, label: int) -> int:
 
 
 @task
+def big_value(size: int, label: int) -> str:
+    return str(label) * size
+
+
+@task
 def sleep_then_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()

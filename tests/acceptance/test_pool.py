@@ -100,21 +100,38 @@ def test_tasks_finished_before_a_crash_keep_their_results_and_are_not_run_again(
     start_pool, finished, tmp_path
 ):
     # Queued before the pool starts, the short tasks run back to back and their outcomes are
-    # held, to be published many at once; the crash comes before that. The arbiter must
-    # publish them from the dead worker's scoreboard, not fail them or run them again.
+    # held, to be published many at once; the crash comes first (more tasks wait behind it,
+    # so nothing tells the publisher to hurry). The arbiter must publish the held outcomes
+    # from the dead worker's scoreboard: neither fail the tasks nor run them again.
     log = tmp_path / "runs.log"
-    short = [pool_tasks.note_run.enqueue(str(log), i) for i in range(10)]
+    before = [pool_tasks.note_run.enqueue(str(log), i) for i in range(5)]
     crash = pool_tasks.segfault.enqueue()
+    after = [pool_tasks.note_run.enqueue(str(log), i) for i in range(5, 10)]
     pool = start_pool("--processes", "1", "--prefetch", "16")
 
     assert finished(crash).errors[-1].exception_class_path == WORKER_LOST
-    (old,) = {finished(r).return_value for r in short}
-    for result in short:
+    (old,) = {finished(r).return_value for r in before}
+    for result in before + after:
         result = finished(result)
         assert result.status == TaskResultStatus.SUCCESSFUL
         assert result.attempts == 1
-    assert sorted(log.read_text().split()) == sorted(str(i) for i in range(10))  # once each
+    assert sorted(log.read_text().split(), key=int) == [str(i) for i in range(10)]  # once each
     assert f"published for worker process {old}, which was killed by SIGSEGV" in pool.log()
+
+
+def test_outcomes_too_big_to_hold_are_published_before_the_next_task_runs(start_pool, finished):
+    # ~4 KB of return value does not fit in a scoreboard slot: the executor must wait for
+    # each to be published before it runs the next task, or the crash would lose them.
+    big = [pool_tasks.big_value.enqueue(4000, i) for i in range(3)]
+    crash = pool_tasks.segfault.enqueue()
+    start_pool("--processes", "1", "--prefetch", "16")
+
+    assert finished(crash).errors[-1].exception_class_path == WORKER_LOST
+    for i, result in enumerate(big):
+        result = finished(result)
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        assert result.return_value == str(i) * 4000
+        assert result.attempts == 1
 
 
 def test_a_short_task_is_published_while_the_long_one_after_it_runs(start_pool, backend, tmp_path):

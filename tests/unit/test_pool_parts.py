@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import signal
+import traceback
 
 import pytest
 
@@ -45,20 +46,34 @@ def test_a_writer_whose_reader_is_gone_marks_itself_broken_instead_of_raising():
     os.close(write_fd)
 
 
+def in_a_child(work) -> None:
+    """Run `work` in a forked child, as a worker process would; fail if it failed there."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the worker's side failed (see stderr)"
+
+
 # The fork's child only writes to the shared memory and leaves with os._exit.
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_the_scoreboard_shows_the_arbiter_started_tasks_until_they_are_freed_across_a_fork():
     board = Scoreboard(3)
-    pid = os.fork()
-    if pid == 0:  # the worker's side
+
+    def worker_side():
         board.start(0, "task-a", 1.5, 100.0)
         board.start(2, "task-b", 2.0, 200.0)
         board.finish(2)
         board.start(1, "task-c", 3.0, 300.0)
         board.free(1)
         board.tick()
-        os._exit(0)
-    os.waitpid(pid, 0)
+
+    in_a_child(worker_side)
     started = {task.task_id: task for task in board.started(final=True)}
     assert set(started) == {"task-a", "task-b"}
     assert (started["task-a"].state, started["task-a"].timeout) == (STARTED, 1.5)
@@ -70,8 +85,8 @@ def test_the_scoreboard_shows_the_arbiter_started_tasks_until_they_are_freed_acr
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_an_outcome_held_in_the_scoreboard_outlives_the_worker_until_its_slot_is_reused():
     board = Scoreboard(3)
-    pid = os.fork()
-    if pid == 0:  # the worker's side
+
+    def worker_side():
         for slot, task_id in enumerate(["held", "freed", "restarted"]):
             board.start(slot, task_id, 1.0, 10.0)
             board.finish(slot)
@@ -79,8 +94,8 @@ def test_an_outcome_held_in_the_scoreboard_outlives_the_worker_until_its_slot_is
         assert not board.hold(0, b"x" * (OUTCOME_SIZE + 1))  # too big: published at once
         board.free(1)
         board.start(2, "restarted", 1.0, 10.0)
-        os._exit(0)
-    os.waitpid(pid, 0)
+
+    in_a_child(worker_side)
     started = {task.task_id: task for task in board.started(final=True)}
     assert started["held"].outcome == b'{"task":"held"}'
     assert "freed" not in started

@@ -414,16 +414,21 @@ class Arbiter:
         held = worker.held.get(task_id)
         if held is not None:
             # It finished; the worker died holding its outcome unpublished. Publish it.
-            status = held_outcomes.publish(self.backend, result, held)
-            logger.info(
-                "Task %s %s %s (published for worker process %s, which %s)",
-                task_id,
-                result.task.module_path,
-                status,
-                worker.pid,
-                how,
-            )
-            return
+            try:
+                finished, retry_in = held_outcomes.decode(result, held)
+            except ValueError:
+                logger.exception("Task %s: its held outcome cannot be read", task_id)
+            else:
+                status = held_outcomes.publish(self.backend, finished, retry_in)
+                logger.info(
+                    "Task %s %s %s (published for worker process %s, which %s)",
+                    task_id,
+                    result.task.module_path,
+                    status or "not published: its lease had ended",
+                    worker.pid,
+                    how,
+                )
+                return
         timeout = worker.started.get(task_id)
         if task_id == worker.timed_out:
             error = synthetic_error(

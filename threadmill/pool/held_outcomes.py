@@ -9,7 +9,8 @@ arbiter reads after reaping the process; the arbiter then publishes it as the wo
 have (acknowledge, or retry after the delay its policy chose).
 
 The encoding is JSON: the status, the retry delay in seconds (null: none), and either the
-return value or the task's new error.
+return value or the errors this attempt added (the task's own, and its retry policy's if that
+raised).
 """
 
 import json
@@ -24,8 +25,9 @@ from threadmill.backends.base import AcknowledgeableTaskBackend
 from threadmill.outcomes import failed, succeeded
 
 
-def encode(finished: TaskResult, retry_in: timedelta | None) -> bytes:
-    """Encode a finished task's outcome (its return value is already known to be JSON)."""
+def encode(finished: TaskResult, retry_in: timedelta | None, known_errors: int) -> bytes:
+    """Encode a finished task's outcome (its return value is already known to be JSON);
+    `known_errors`: how many errors the task had when it was leased."""
     held: dict[str, Any] = {
         "status": finished.status.value,
         "retry_in": None if retry_in is None else retry_in.total_seconds(),
@@ -33,23 +35,38 @@ def encode(finished: TaskResult, retry_in: timedelta | None) -> bytes:
     if finished.status == TaskResultStatus.SUCCESSFUL:
         held["return_value"] = finished.return_value
     else:
-        error = finished.errors[-1]
-        held["error"] = [error.exception_class_path, error.traceback]
+        held["errors"] = [
+            [e.exception_class_path, e.traceback] for e in finished.errors[known_errors:]
+        ]
     return json.dumps(held, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def publish(backend: AcknowledgeableTaskBackend, leased: TaskResult, held: bytes) -> str:
-    """Publish a held outcome for the task `leased` (as stored, still RUNNING under the dead
-    worker's lease); return what to log, as the worker would have."""
-    outcome = json.loads(held)
-    if outcome["status"] == TaskResultStatus.SUCCESSFUL.value:
-        finished = succeeded(leased, outcome["return_value"])
-    else:
-        path, traceback = outcome["error"]
-        finished = failed(leased, TaskError(exception_class_path=path, traceback=traceback))
-    if outcome["retry_in"] is not None:
-        retry_in = timedelta(seconds=outcome["retry_in"])
-        backend.retry(finished, timezone.now() + retry_in)
+def decode(leased: TaskResult, held: bytes) -> tuple[TaskResult, timedelta | None]:
+    """The finished copy of `leased` (the task as stored, still RUNNING under the dead worker's
+    lease) that a held outcome describes, and its retry delay; ValueError if `held` is not one."""
+    try:
+        outcome = json.loads(held)
+        if outcome["status"] == TaskResultStatus.SUCCESSFUL.value:
+            finished = succeeded(leased, outcome["return_value"])
+        else:
+            errors = [TaskError(exception_class_path=p, traceback=t) for p, t in outcome["errors"]]
+            finished = failed(leased, errors[0])
+            finished.errors.extend(errors[1:])
+        retry_in = outcome["retry_in"]
+        return finished, None if retry_in is None else timedelta(seconds=retry_in)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"not a held outcome: {error!r}") from error
+
+
+def publish(
+    backend: AcknowledgeableTaskBackend, finished: TaskResult, retry_in: timedelta | None
+) -> str | None:
+    """Publish a decoded held outcome as its worker would have; return what to log, or None
+    when the backend refused it (the lease had ended meanwhile)."""
+    if retry_in is not None:
+        if not backend.retry(finished, timezone.now() + retry_in):
+            return None
         return f"FAILED, retry in {retry_in.total_seconds():g}s"
-    backend.acknowledge(finished, by_holder=False)
+    if not backend.acknowledge(finished, by_holder=False):
+        return None
     return finished.status.value

@@ -15,9 +15,9 @@ Threads and what they own:
   is empty (the executors are about to idle: no reason to wait). So an idle pool publishes
   each outcome at once, and a stream of short tasks publishes them many to a round trip
   while its executors keep running tasks. Outcomes are held through a backend outage and
-  only then are their scoreboard slots freed. At most HOLD_LIMIT outcomes wait unpublished;
-  past that, and for an outcome too big for its slot, the executor waits until its outcome
-  is published;
+  only then are their scoreboard slots freed. At most HOLD_LIMIT outcomes are held; past
+  that, and for an outcome too big for its slot, the executor waits until its outcome is
+  published;
 - the *main thread* waits for signals, moves the heartbeat counter on the scoreboard, writes
   out buffered log lines, updates the process title, and raises `_Deadline` in an executor
   whose task ran past its timeout. It runs no task code, so the heartbeat stops only when the
@@ -111,6 +111,7 @@ class _Outcome:
     slot: int  # its scoreboard slot, freed once the outcome is published
     duration: float  # seconds its code ran
     retry_in: timedelta | None  # its retry policy's answer, asked once by the executor
+    known_errors: int  # errors the task had when it was leased (the rest are this attempt's)
     ended: float  # time.monotonic() when its code returned
     held: bool = False  # in the scoreboard; else its executor waits until it is published
     published: bool = False
@@ -148,6 +149,7 @@ class WorkerProcess:
         self.buffer: deque[TaskResult] = deque()
         self.outbox: list[_Outcome] = []  # outcomes waiting for the next publication
         self.unpublished = 0  # outcomes in the outbox or being published
+        self.waiting = 0  # outcomes in the outbox not held: their executors wait
         self.executors_left = config.threads
         self.in_hand = 0  # leased and not finished yet (nor released): buffered or running
         self.limit = config.threads + config.prefetch
@@ -259,6 +261,7 @@ class WorkerProcess:
             self.stopping = True
             self.task_ready.notify_all()
             self.room_ready.notify_all()
+            self.outbox_ready.notify()  # publish what is held now
         logger.info("Worker process %s stops because %s", self.pid, reason)
         try:
             self.backend.interrupt(self.worker_id)  # the fetcher may be waiting for work
@@ -339,6 +342,8 @@ class WorkerProcess:
                     # A free slot exists: see `PoolConfig.scoreboard_slots`.
                     slot = self.free_slots.pop()
                     self.running[ident] = leased.task.module_path
+                    if not self.buffer and self.outbox:
+                        self.outbox_ready.notify()  # nothing more to run: publish now
                     # The buffer shrank: the fetcher may want to refill it now, not only when a
                     # task ends (a long task would otherwise starve the prefetch).
                     if self._wants_more():
@@ -385,7 +390,7 @@ class WorkerProcess:
             retry_in = retry_delay(finished)  # here, once: a policy with side effects runs once
         with self.lock:
             del self.running[ident]
-        return _Outcome(finished, slot, duration, retry_in, started + duration)
+        return _Outcome(finished, slot, duration, retry_in, len(leased.errors), started + duration)
 
     def _timeout_of(self, leased: TaskResult) -> float:
         """Seconds the task may run from now: its own timeout, else --timeout, within the lease."""
@@ -420,16 +425,23 @@ class WorkerProcess:
                 retiring=True,
             )
 
-    # --- group commit ---------------------------------------------------------------------
+    # --- publishing -----------------------------------------------------------------------
 
     def _commit(self, outcome: _Outcome) -> None:
         """Hand a finished task's outcome to the publisher; return at once if it could be held
         in the scoreboard, else once it is published."""
-        encoded = held_outcomes.encode(outcome.finished, outcome.retry_in)
+        encoded = None
+        if self.unpublished < HOLD_LIMIT:  # a glance without the lock, to skip a useless encode
+            encoded = held_outcomes.encode(outcome.finished, outcome.retry_in, outcome.known_errors)
         with self.lock:
-            outcome.held = self.unpublished < HOLD_LIMIT and self.board.hold(outcome.slot, encoded)
+            outcome.held = (
+                encoded is not None
+                and self.unpublished < HOLD_LIMIT
+                and self.board.hold(outcome.slot, encoded)
+            )
             self.in_hand -= 1
             self.unpublished += 1
+            self.waiting += not outcome.held
             self.outbox.append(outcome)
             # Wake the publisher when it has a clock to start or a batch to send, not for
             # every outcome (a wake-up is a system call).
@@ -444,7 +456,7 @@ class WorkerProcess:
         """Send the outbox now, or let it grow? (With `lock` held and the outbox not empty.)"""
         return (
             len(self.outbox) >= PUBLISH_BATCH
-            or not self.outbox[-1].held  # its executor waits
+            or self.waiting > 0  # an executor waits for its outcome
             or not self.buffer  # the executors are about to idle
             or self.stopping
             or not self.executors_left
@@ -453,34 +465,48 @@ class WorkerProcess:
     def _publisher(self) -> None:
         """The publisher thread: publish the outbox, batch after batch, until the executors
         are gone and nothing is left."""
-        while True:
-            with self.lock:
-                while True:
-                    if not self.outbox:
-                        if not self.executors_left:
-                            return
-                        self.outbox_ready.wait()
-                        continue
-                    wait = self.outbox[0].ended + HOLD_AGE - time.monotonic()
-                    if wait <= 0 or self._publication_due():
-                        break
-                    self.outbox_ready.wait(wait)
-                batch, self.outbox = self.outbox, []
-            try:
-                statuses = self._publish(batch)
-                # Published: only now may the arbiter forget these tasks, and only then may
-                # their slots be handed out again (a slot is freed before it goes back).
-                for item in batch:
-                    self.board.free(item.slot)
-            finally:
-                with self.lock:
-                    for item in batch:
-                        item.published = True
-                    self.free_slots.extend(item.slot for item in batch)
-                    self.unpublished -= len(batch)
-                    self.published.notify_all()
-            for item, status in zip(batch, statuses, strict=True):
-                self._log_end(item, status)
+        try:
+            while self._publish_next():
+                pass
+        except BaseException:
+            # Never expected (`_publish` outlasts backend outages). Going on without a
+            # publisher would leave the executors waiting for ever: die instead, and the
+            # arbiter publishes the held outcomes and settles the rest.
+            logger.critical("The publisher of worker process %s failed; exiting", self.pid,
+                            exc_info=True)  # fmt: skip
+            logging.shutdown()
+            os._exit(1)
+        self._wake_main()
+
+    def _publish_next(self) -> bool:
+        """Wait for the next batch and publish it; False once nothing is left to publish."""
+        with self.lock:
+            while True:
+                if not self.outbox:
+                    if not self.executors_left:
+                        return False
+                    self.outbox_ready.wait()
+                    continue
+                wait = self.outbox[0].ended + HOLD_AGE - time.monotonic()
+                if wait <= 0 or self._publication_due():
+                    break
+                self.outbox_ready.wait(wait)
+            batch, self.outbox = self.outbox, []
+            self.waiting -= sum(not item.held for item in batch)
+        statuses = self._publish(batch)
+        # Published: only now may the arbiter forget these tasks, and only then may their
+        # slots be handed out again (a slot is freed before it goes back to the list).
+        for item in batch:
+            self.board.free(item.slot)
+        with self.lock:
+            for item in batch:
+                item.published = True
+            self.free_slots.extend(item.slot for item in batch)
+            self.unpublished -= len(batch)
+            self.published.notify_all()
+        for item, status in zip(batch, statuses, strict=True):
+            self._log_end(item, status)
+        return True
 
     def _publish(self, batch: list[_Outcome]) -> list[str]:
         """Acknowledge finished tasks in one round trip, schedule retries; return what to log.

@@ -5,10 +5,10 @@ The arbiter creates one scoreboard per worker process *before* forking it (an an
 `mmap`, which both sides of the fork then see), reads it while the worker lives (heartbeat,
 deadlines) and once more after reaping it (what it had started), then closes it.
 
-Layout: an 8-byte progress counter, then one *slot* per task the worker may hold at once
-(`threads + prefetch`). A slot belongs to one task from its start until its outcome is
-published; the worker hands slots out and takes them back under its own lock, so two threads
-never write one slot at the same time. A slot:
+Layout: an 8-byte progress counter, then one *slot* per task the worker may have started and
+not yet published at once (`PoolConfig.scoreboard_slots`). A slot belongs to one task from its
+start until its outcome is published; the worker hands slots out and takes them back under its
+own lock, so two threads never write one slot at the same time. A slot:
 
     sequence  u32   odd while the slot is being written (a seqlock)
     state     u8    FREE, STARTED (the task's code runs) or FINISHED (its outcome is on its way)
