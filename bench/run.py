@@ -444,8 +444,10 @@ class Context:
     logs: Path
 
 
-def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threads: int) -> dict:
-    """Pre-enqueue `count` tasks, start the pool, time the drain; sample the pool's CPU."""
+@contextlib.contextmanager
+def stage(peer: Peer):
+    """A fresh Redis, and a fresh migrated database if the peer needs one; yields the server,
+    the environment of the driver's agents and that of the worker."""
     with (
         Redis() as server,
         tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp,
@@ -454,8 +456,14 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
         env = {**environment(server.url), **db}
         if db:
             migrate(peer, env)
-        enqueued = agent(peer, env, "enqueue", kind, count, count)
         worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
+        yield server, env, worker_env
+
+
+def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threads: int) -> dict:
+    """Pre-enqueue `count` tasks, start the pool, time the drain; sample the pool's CPU."""
+    with stage(peer) as (server, env, worker_env):
+        enqueued = agent(peer, env, "enqueue", kind, count, count)
         worker = Worker(peer.worker(processes, threads), worker_env, ctx.logs / f"{slug(peer)}.log")
         r = server.client
         first = last = None
@@ -506,15 +514,7 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
 def idle_pool(peer: Peer, ctx: Context, latency: bool, idle: bool) -> dict:
     """Start a pool, let it go idle; count its Redis commands, then time idle pickups."""
     result: dict = {}
-    with (
-        Redis() as server,
-        tempfile.TemporaryDirectory(prefix="threadmill-bench-db-") as tmp,
-        database(peer, tmp) as db,
-    ):
-        env = {**environment(server.url), **db}
-        if db:
-            migrate(peer, env)
-        worker_env = {**env, "DJANGO_SETTINGS_MODULE": peer.settings} if peer.settings else env
+    with stage(peer) as (server, env, worker_env):
         worker = Worker(
             peer.worker(peer.processes, peer.threads), worker_env, ctx.logs / f"{slug(peer)}.log"
         )
