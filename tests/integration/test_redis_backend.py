@@ -189,19 +189,17 @@ def test_check_deploy_warns_when_redis_can_lose_acknowledged_work(settings, key_
         server.stop()
 
 
-def test_check_deploy_is_quiet_about_a_durable_redis(settings, key_prefix, capsys):
-    server = RedisServer(appendonly=True).start()
-    try:
-        settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
-        call_command("check", deploy=True)
-        captured = capsys.readouterr()
-        assert "threadmill.W" not in captured.err + captured.out
-    finally:
-        server.stop()
-
-
-def test_check_deploy_skips_quietly_when_config_is_not_allowed(settings, key_prefix, capsys):
-    server = RedisServer("--rename-command", "CONFIG", "").start()
+@pytest.mark.parametrize(
+    "make_server",
+    [
+        pytest.param(lambda: RedisServer(appendonly=True), id="a durable redis"),
+        pytest.param(
+            lambda: RedisServer("--rename-command", "CONFIG", ""), id="config not allowed"
+        ),
+    ],
+)
+def test_check_deploy_is_quiet(make_server, settings, key_prefix, capsys):
+    server = make_server().start()
     try:
         settings.TASKS = redis_tasks_setting_for(server.url, key_prefix)
         call_command("check", deploy=True)
