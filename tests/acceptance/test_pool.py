@@ -16,6 +16,19 @@ WORKER_LOST = "threadmill.exceptions.WorkerLost"
 TASK_TIMEOUT = "threadmill.exceptions.TaskTimeout"
 
 
+def running_with_prefetch(backend, tmp_path, seconds: float, prefetch: int):
+    """Enqueue a task that runs `seconds` and `prefetch` more; return once the first runs and
+    the others are leased into the worker's buffer."""
+    running = pool_tasks.touch_then_sleep.enqueue(str(tmp_path / "started"), seconds)
+    prefetched = [pool_tasks.pid.enqueue() for _ in range(prefetch)]
+    wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
+    wait_for(
+        lambda: all(backend.get_result(r.id).status == "RUNNING" for r in prefetched),
+        what="the prefetch",
+    )
+    return running, prefetched
+
+
 def test_a_pool_of_processes_and_threads_runs_sync_async_and_context_tasks(start_pool, finished):
     pool = start_pool("--processes", "2", "--threads", "2")
     workers = pool.booted_workers(2)
@@ -44,13 +57,7 @@ def test_task_of_a_killed_worker_fails_with_worker_lost_and_the_worker_is_replac
 ):
     pool = start_pool("--processes", "1", "--prefetch", "2")
     (old,) = pool.booted_workers(1)
-    doomed = pool_tasks.touch_then_sleep.enqueue(str(tmp_path / "started"), 30)
-    prefetched = [pool_tasks.pid.enqueue() for _ in range(2)]
-    wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
-    wait_for(
-        lambda: all(backend.get_result(r.id).status == "RUNNING" for r in prefetched),
-        what="the prefetch",
-    )
+    doomed, prefetched = running_with_prefetch(backend, tmp_path, seconds=30, prefetch=2)
 
     killed_at = time.monotonic()
     os.kill(old, signal.SIGKILL)
@@ -206,13 +213,7 @@ def test_sigterm_finishes_running_tasks_releases_prefetched_ones_and_exits_0(
 ):
     pool = start_pool("--processes", "1", "--prefetch", "3")
     pool.booted_workers(1)
-    running = pool_tasks.touch_then_sleep.enqueue(str(tmp_path / "started"), 1.5)
-    prefetched = [pool_tasks.pid.enqueue() for _ in range(3)]
-    wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
-    wait_for(
-        lambda: all(backend.get_result(r.id).status == "RUNNING" for r in prefetched),
-        what="the prefetch",
-    )
+    running, prefetched = running_with_prefetch(backend, tmp_path, seconds=1.5, prefetch=3)
 
     pool.send(signal.SIGTERM)
     assert pool.wait() == 0
