@@ -1,7 +1,7 @@
 """Profile threadmill's no-op drain: where a worker process spends its time, per task.
 
-    uv run python bench/profile.py                     # 20,000 tasks, 1 process, 1 thread
-    uv run python bench/profile.py --tasks 5000 --threads 4 --peer 'threadmill database'
+    uv run python bench/worker_profile.py                     # 20,000 tasks, 1 process, 1 thread
+    uv run python bench/worker_profile.py --tasks 5000 --threads 4 --peer 'threadmill database'
 
 Two drains on a fresh Redis each. The first counts what the pool sends to Redis per task
 (MONITOR: commands and Lua scripts, by name). The second samples the worker process with
