@@ -21,6 +21,11 @@ from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # redis-py packs in Python then
+    _hiredis_pack = None
+
 _generation = 0
 
 
@@ -98,9 +103,11 @@ def _round_trip(
     connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
 ) -> list:
     """Send every command in one write, read every reply; raise the first error reply."""
-    if len(commands) == 1:
-        packed = connection.pack_command(*commands[0])
-    else:
+    try:
+        # Straight to hiredis: redis-py's packer walks every argument in Python first, which
+        # costs more than the packing (our arguments are str, bytes and numbers, all it takes).
+        packed = [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
+    except TypeError:  # no hiredis, or an argument it cannot take: redis-py says which
         packed = connection.pack_commands(commands)
     connection.send_packed_command(packed, check_health=False)
     read: dict[str, Any] = {} if timeout is None else {"timeout": timeout}

@@ -40,6 +40,8 @@ def encode_payload(task: Task, args: Any, kwargs: Any) -> bytes:
 
 def encode_return_value(value: Any) -> bytes:
     """Encode a task's return value, or raise InvalidReturnValue naming why it cannot be."""
+    if value is None:  # most tasks return nothing
+        return b"null"
     try:
         return _dumps(normalize_json(value))
     except (TypeError, ValueError) as error:
@@ -49,6 +51,8 @@ def encode_return_value(value: Any) -> bytes:
 
 
 def encode_errors(errors: list[TaskError]) -> bytes:
+    if not errors:
+        return b"[]"
     return _dumps(
         [{"exception_class_path": e.exception_class_path, "traceback": e.traceback} for e in errors]
     )
@@ -132,10 +136,18 @@ def to_task_result(stored: StoredTask, alias: str) -> TaskResult:
     task = _task_with_options(
         data["task"], data["priority"], data["queue_name"], data["run_after"], data["backend"]
     )
-    result = TaskResult(
+    errors = stored.errors
+    worker_ids = stored.worker_ids
+    status = _STATUSES.get(stored.status) or TaskResultStatus(stored.status)
+    return_value = None
+    if stored.return_value is not None and status == TaskResultStatus.SUCCESSFUL:
+        return_value = json.loads(stored.return_value)
+    # Not TaskResult(...): its __post_init__ normalizes args and kwargs again, and what JSON
+    # decoding gives back is normal already. On a worker's hot path that is a tenth of a lease.
+    return build_task_result(
         task=task,
         id=stored.id,
-        status=TaskResultStatus(stored.status),
+        status=status,
         enqueued_at=_datetime(stored.enqueued_at),
         started_at=_datetime(stored.started_at),
         last_attempted_at=_datetime(stored.last_attempted_at),
@@ -143,11 +155,26 @@ def to_task_result(stored: StoredTask, alias: str) -> TaskResult:
         args=data["args"],
         kwargs=data["kwargs"],
         backend=alias,
-        errors=[TaskError(**e) for e in json.loads(stored.errors)] if stored.errors else [],
-        worker_ids=json.loads(stored.worker_ids) if stored.worker_ids else [],
+        errors=[TaskError(**e) for e in json.loads(errors)] if errors and errors != "[]" else [],
+        worker_ids=json.loads(worker_ids) if worker_ids else [],
+        _return_value=return_value,
     )
-    if stored.return_value is not None and result.status == TaskResultStatus.SUCCESSFUL:
-        object.__setattr__(result, "_return_value", json.loads(stored.return_value))
+
+
+_STATUSES = {status.value: status for status in TaskResultStatus}
+
+
+def build_task_result(**fields: Any) -> TaskResult:
+    """A TaskResult of these fields, every slot named, without its __post_init__: for args
+    and kwargs that are JSON-normal already."""
+    if len(fields) != len(TaskResult.__slots__):  # a Django with other fields: the slow way
+        return_value = fields.pop("_return_value")
+        result = TaskResult(**fields)
+        object.__setattr__(result, "_return_value", return_value)
+        return result
+    result = object.__new__(TaskResult)
+    for name, value in fields.items():
+        object.__setattr__(result, name, value)
     return result
 
 

@@ -28,6 +28,9 @@ from threadmill.outcomes import failed, succeeded
 def encode(finished: TaskResult, retry_in: timedelta | None, known_errors: int) -> bytes:
     """Encode a finished task's outcome (its return value is already known to be JSON);
     `known_errors`: how many errors the task had when it was leased."""
+    if retry_in is None and finished.status == TaskResultStatus.SUCCESSFUL:
+        if finished.return_value is None:  # most tasks
+            return _RETURNED_NONE
     held: dict[str, Any] = {
         "status": finished.status.value,
         "retry_in": None if retry_in is None else retry_in.total_seconds(),
@@ -39,6 +42,9 @@ def encode(finished: TaskResult, retry_in: timedelta | None, known_errors: int) 
             [e.exception_class_path, e.traceback] for e in finished.errors[known_errors:]
         ]
     return json.dumps(held, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_RETURNED_NONE = b'{"status":"SUCCESSFUL","retry_in":null,"return_value":null}'
 
 
 def decode(leased: TaskResult, held: bytes) -> tuple[TaskResult, timedelta | None]:
