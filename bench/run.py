@@ -386,8 +386,11 @@ class Worker:
 
     def cpu(self) -> float:
         """CPU seconds (user + system) of every process of the session, reaped children too."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        ticks = sum(sum(int(value) for value in fields[11:15]) for _, fields in self._members())
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def _members(self):
+        """(pid, fields of /proc/<pid>/stat after the name) of every process of the session."""
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -398,8 +401,11 @@ class Worker:
                 continue
             # fields[0] is the state (field 3 of proc(5)); session is field 6, times 14-17.
             if int(fields[3]) == self.sid:
-                total += sum(int(value) for value in fields[11:15])
-        return total / tick
+                yield int(entry), fields
+
+    def run_delay(self) -> float:
+        """Seconds the session's threads spent runnable but not running (see `run_delay`)."""
+        return run_delay([pid for pid, _ in self._members()])
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -419,6 +425,42 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.sid, signal.SIGKILL)
         self.log.close()
+
+
+def run_delay(pids: list[int]) -> float:
+    """Seconds the threads of these processes spent runnable, waiting for a CPU to run them
+    (/proc/<pid>/task/<tid>/schedstat, second field): on an idle virtual CPU, that is the
+    time it takes the host to wake it."""
+    total = 0
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    total += int(stat.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of one process so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle, all) clock ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 def wait_done(r, count: int, timeout: float, worker: Worker) -> None:
@@ -467,15 +509,21 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
         worker = Worker(peer.worker(processes, threads), worker_env, ctx.logs / f"{slug(peer)}.log")
         r = server.client
         first = last = None
+
+        def sample(now: float, done: int) -> tuple:
+            redis_pid = [server.process.pid]
+            return (now, done, worker.cpu(), cpu_seconds(server.process.pid), machine_idle(),
+                    worker.run_delay() + run_delay(redis_pid))  # fmt: skip
+
         try:
             deadline = time.monotonic() + ctx.drain_timeout + 60
             while True:
                 now = time.monotonic()
                 done = int(r.get(bench_common.DONE) or 0)
                 if first is None and done >= 1:
-                    first = (now, done, worker.cpu())
+                    first = sample(now, done)
                 if done >= count or (first and now > first[0] + ctx.drain_timeout):
-                    last = (now, done, worker.cpu())
+                    last = sample(now, done)
                     break
                 if now > deadline or not worker.alive():
                     raise RuntimeError(f"{peer.name}: {done}/{count} tasks done, worker stuck")
@@ -492,11 +540,19 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
         finally:
             worker.stop()
     complete = last[1] >= count and t_last is not None
+    ran = max(1, last[1] - first[1])
+    idle, ticks = (b - a for a, b in zip(first[4], last[4], strict=True))
     result = {
         "enqueue_rate": enqueued["rate"],
         "complete": complete,
         "done": last[1],
-        "cpu_per_task": (last[2] - first[2]) / max(1, last[1] - first[1]),
+        "cpu_per_task": (last[2] - first[2]) / ran,
+        # Where the time went between the first and the last task, for the scaling target:
+        # Redis's CPU, how much of the machine stayed idle, and how long the pool's threads
+        # and Redis, once woken, waited for a CPU.
+        "redis_cpu_per_task": (last[3] - first[3]) / ran,
+        "machine_idle": idle / max(1, ticks),
+        "run_delay_per_task": (last[5] - first[5]) / ran,
     }
     if complete:
         wall = float(t_last) - t_first

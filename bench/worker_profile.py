@@ -42,16 +42,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) of one process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def drain(peer: run.Peer, tasks: int, threads: int, during) -> dict:
     """Pre-enqueue, start the pool, call `during(server, worker_pid)` while it drains; return
     the drain's seconds and the CPU seconds of the arbiter, the worker process and Redis."""
@@ -74,12 +64,12 @@ def drain(peer: run.Peer, tasks: int, threads: int, during) -> dict:
                 "worker process": pids[0],
                 "redis-server": server.process.pid,
             }
-            before = {name: cpu_of(pid) for name, pid in who.items()}
+            before = {name: run.cpu_seconds(pid) for name, pid in who.items()}
             done_before = int(server.client.get(bench_common.DONE))
             started = time.monotonic()
             run.wait_done(server.client, tasks, 600, worker)
             seconds = time.monotonic() - started
-            after = {name: cpu_of(pid) for name, pid in who.items()}
+            after = {name: run.cpu_seconds(pid) for name, pid in who.items()}
             stop()
             counted = tasks - done_before
             return {
