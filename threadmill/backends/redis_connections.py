@@ -11,6 +11,7 @@ a thread whose connection is of an older generation opens a new one; the old one
 without a word to the server (redis-py only shuts a socket down in the process that opened it).
 """
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -103,11 +104,14 @@ def _round_trip(
     connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
 ) -> list:
     """Send every command in one write, read every reply; raise the first error reply."""
-    try:
+    packed = None
+    if _hiredis_pack is not None:
         # Straight to hiredis: redis-py's packer walks every argument in Python first, which
-        # costs more than the packing (our arguments are str, bytes and numbers, all it takes).
-        packed = [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
-    except TypeError:  # no hiredis, or an argument it cannot take: redis-py says which
+        # costs more than the packing (ours are str, bytes and numbers, all hiredis takes; a
+        # command's name is one word, redis-py would split "CLIENT SETNAME").
+        with contextlib.suppress(TypeError):  # another type: redis-py's packer names it
+            packed = [b"".join([_hiredis_pack(tuple(command)) for command in commands])]
+    if packed is None:
         packed = connection.pack_commands(commands)
     connection.send_packed_command(packed, check_health=False)
     read: dict[str, Any] = {} if timeout is None else {"timeout": timeout}

@@ -144,7 +144,7 @@ def to_task_result(stored: StoredTask, alias: str) -> TaskResult:
         return_value = json.loads(stored.return_value)
     # Not TaskResult(...): its __post_init__ normalizes args and kwargs again, and what JSON
     # decoding gives back is normal already. On a worker's hot path that is a tenth of a lease.
-    return build_task_result(
+    return _task_result(
         task=task,
         id=stored.id,
         status=status,
@@ -155,19 +155,28 @@ def to_task_result(stored: StoredTask, alias: str) -> TaskResult:
         args=data["args"],
         kwargs=data["kwargs"],
         backend=alias,
-        errors=[TaskError(**e) for e in json.loads(errors)] if errors and errors != "[]" else [],
+        errors=[TaskError(**e) for e in json.loads(errors)] if errors not in _NO_ERRORS else [],
         worker_ids=json.loads(worker_ids) if worker_ids else [],
         _return_value=return_value,
     )
 
 
 _STATUSES = {status.value: status for status in TaskResultStatus}
+_NO_ERRORS = (None, "", b"", "[]", b"[]")
+_FIELDS = {
+    "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+    "args", "kwargs", "backend", "errors", "worker_ids", "_return_value",
+}  # fmt: skip
+
+# The fields `to_task_result` fills are exactly TaskResult's slots: else, another Django, build
+# it the documented way.
+_SLOTS_KNOWN = set(getattr(TaskResult, "__slots__", ())) == _FIELDS
 
 
-def build_task_result(**fields: Any) -> TaskResult:
-    """A TaskResult of these fields, every slot named, without its __post_init__: for args
-    and kwargs that are JSON-normal already."""
-    if len(fields) != len(TaskResult.__slots__):  # a Django with other fields: the slow way
+def _task_result(**fields: Any) -> TaskResult:
+    """A TaskResult of these fields (all of _FIELDS), without its __post_init__: for args and
+    kwargs that are JSON-normal already."""
+    if not _SLOTS_KNOWN:
         return_value = fields.pop("_return_value")
         result = TaskResult(**fields)
         object.__setattr__(result, "_return_value", return_value)

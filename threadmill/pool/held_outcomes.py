@@ -28,14 +28,14 @@ from threadmill.outcomes import failed, succeeded
 def encode(finished: TaskResult, retry_in: timedelta | None, known_errors: int) -> bytes:
     """Encode a finished task's outcome (its return value is already known to be JSON);
     `known_errors`: how many errors the task had when it was leased."""
-    if retry_in is None and finished.status == TaskResultStatus.SUCCESSFUL:
-        if finished.return_value is None:  # most tasks
-            return _RETURNED_NONE
+    successful = finished.status == TaskResultStatus.SUCCESSFUL
+    if successful and retry_in is None and finished.return_value is None:  # most tasks
+        return _RETURNED_NONE
     held: dict[str, Any] = {
         "status": finished.status.value,
         "retry_in": None if retry_in is None else retry_in.total_seconds(),
     }
-    if finished.status == TaskResultStatus.SUCCESSFUL:
+    if successful:
         held["return_value"] = finished.return_value
     else:
         held["errors"] = [
