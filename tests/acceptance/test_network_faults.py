@@ -5,12 +5,14 @@ from collections import defaultdict
 
 from django.tasks import TaskResultStatus
 
+from tests import pool_tasks
 from tests.acceptance.settings import POOL_OPTIONS
 from tests.chaos import ChaosPool, pool_environment
 from tests.chaos_tasks import timed
 from tests.conftest import redis_tasks_setting_for
 from tests.servers import wait_for
 from tests.tcp_proxy import TcpProxy
+from threadmill.pool.config import HOLD_LIMIT
 
 
 def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
@@ -56,3 +58,51 @@ def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
         for kind, _ in sorted(events, key=lambda event: event[1]):
             running += 1 if kind == "S" else -1
             assert running <= 1, f"task {task_id} ran twice at the same time"
+
+
+def test_a_worker_cut_off_from_redis_runs_only_as_far_as_it_can_hold_and_loses_nothing(
+    redis_server, key_prefix, settings, tmp_path
+):
+    # Every task is leased in the first call, then the link goes down before any finishes.
+    # Outcomes wait in the scoreboard, HOLD_LIMIT of them (the first task's among them); the
+    # executor of the next quick task then waits to publish its outcome. So the first task
+    # and HOLD_LIMIT quick tasks run, and nothing more until the link is back.
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, **POOL_OPTIONS)
+    from django.tasks import task_backends
+
+    backend = task_backends["default"]
+    proxy = TcpProxy(redis_server.port)
+    go, log = tmp_path / "go", tmp_path / "runs.log"
+    first = pool_tasks.wait_for_file.enqueue(str(go))
+    quick = [pool_tasks.note_run.enqueue(str(log), i) for i in range(HOLD_LIMIT + 20)]
+    env = pool_environment(proxy.url, key_prefix, tmp_path)
+    args = ["--processes", "1", "--threads", "1", "--prefetch", str(HOLD_LIMIT + 40)]
+    pool = ChaosPool(0, args, env, tmp_path)
+
+    def runs() -> list[str]:
+        return log.read_text().split() if log.exists() else []
+
+    try:
+        wait_for(
+            lambda: backend.count_pending()["running"] == 1 + len(quick),
+            timeout=30,
+            what="every task to be leased",
+        )
+        proxy.cut()
+        go.touch()
+        wait_for(lambda: len(runs()) >= HOLD_LIMIT, timeout=30, what="the held outcomes")
+        time.sleep(1.0)  # the outage lasts this long: it is the test's input, not a wait
+        assert len(runs()) == HOLD_LIMIT
+        proxy.restore()
+        wait_for(
+            lambda: sum(backend.count_pending().values()) == 0,
+            timeout=60,
+            what="every task to finish",
+        )
+    finally:
+        pool.terminate()
+        proxy.stop()
+
+    for result in [first, *quick]:
+        assert backend.get_result(result.id).status == TaskResultStatus.SUCCESSFUL
+    assert sorted(runs(), key=int) == [str(i) for i in range(len(quick))]  # each once
