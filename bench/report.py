@@ -283,10 +283,16 @@ def targets(table, peers, calibration: dict, cores: int) -> list[str]:
         if enqueue and trip:
             needed = 1.5 * top[1]
             ceiling = 1e6 / (1e6 / enqueue["rate"] + 1e6 / trip["rate"])
+            left = 1e6 / needed - 1e6 / ceiling  # µs per enqueue beyond the two steps
             limit = (
                 f"needs {needed:,.0f}/s; Django's enqueue on a backend that stores nothing "
                 f"plus one Redis round trip allows {ceiling:,.0f}/s"
-                + (": out of reach" if needed > ceiling else "")
+                + (
+                    ": out of reach"
+                    if left <= 0
+                    else f", leaving {left:,.1f} µs per enqueue to encode the payload and "
+                    "write it durably (several keys, in one script)"
+                )
             )
         add(
             "enqueue from one thread ≥ 1.5× the best peer",
@@ -320,26 +326,39 @@ def targets(table, peers, calibration: dict, cores: int) -> list[str]:
 def scaling_limit(two: dict | None, one: float, cores: int) -> str:
     """What bounds two processes, from their drain: the CPU that pool and Redis spend per
     task on these cores, and where the rest of the time went."""
+    if two is None:
+        return ""
     measured = {
-        key: summary(two, "noop", key, scale) if two else None
+        key: summary(two, "noop", key, scale)
         for key, scale in (
             ("cpu_per_task", 1e6),
             ("redis_cpu_per_task", 1e6),
             ("machine_idle", 100),
-            ("run_delay_per_task", 1e6),
+            ("cpu_pressure", 100),
         )
     }
-    if any(stat is None for stat in measured.values()):
+    if any(measured[key] is None for key in ("cpu_per_task", "redis_cpu_per_task")):
         return ""
-    cpu, redis_cpu, idle, delay = (stat["median"] for stat in measured.values())
+    cpu, redis_cpu = measured["cpu_per_task"]["median"], measured["redis_cpu_per_task"]["median"]
     ceiling = cores * 1e6 / (cpu + redis_cpu)
-    return (
+    text = (
         f"pool and Redis spend {cpu:,.0f} + {redis_cpu:,.0f} µs of CPU per task: {cores} busy "
-        f"cores would allow {ceiling:,.0f}/s = {ceiling / one:.2f}×. During the drain the "
-        f"machine stayed {idle:.0f}% idle, while the woken threads of the pool and Redis waited "
-        f"{delay:,.0f} µs per task for a CPU (a virtual CPU that went idle is woken by the host; "
-        "every task makes at least one round trip to Redis, its INCR, so two wake-ups)"
+        f"cores would allow {ceiling:,.0f}/s = {ceiling / one:.2f}× one process"
     )
+    idle, pressure = measured["machine_idle"], measured["cpu_pressure"]
+    if idle is not None and pressure is not None:
+        text += (
+            f". They are not kept busy: the machine stayed {idle['median']:.0f}% idle during "
+            f"the drain, yet for {pressure['median']:.0f}% of it some thread that could run "
+            "waited for a CPU"
+        )
+        if idle["median"] >= 10 and pressure["median"] >= 10:
+            text += (
+                " (a wake-up that lands on a busy CPU waits there, or a sleeping virtual CPU "
+                "takes time to wake; each task makes at least one round trip to Redis, its "
+                "INCR, so two wake-ups)"
+            )
+    return text
 
 
 def floors_section(calibration: dict) -> list[str]:

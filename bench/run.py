@@ -39,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -403,10 +404,6 @@ class Worker:
             if int(fields[3]) == self.sid:
                 yield int(entry), fields
 
-    def run_delay(self) -> float:
-        """Seconds the session's threads spent runnable but not running (see `run_delay`)."""
-        return run_delay([pid for pid, _ in self._members()])
-
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -427,23 +424,15 @@ class Worker:
         self.log.close()
 
 
-def run_delay(pids: list[int]) -> float:
-    """Seconds the threads of these processes spent runnable, waiting for a CPU to run them
-    (/proc/<pid>/task/<tid>/schedstat, second field): on an idle virtual CPU, that is the
-    time it takes the host to wake it."""
-    total = 0
-    for pid in pids:
-        try:
-            threads = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in threads:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                    total += int(stat.read().split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return total / 1e9
+def machine_cpu_pressure() -> float | None:
+    """Seconds so far during which some thread of the machine was runnable but waited for a CPU
+    (/proc/pressure/cpu, "some"); None where the kernel does not tell."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+        return int(some[-1].removeprefix("total=")) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -460,7 +449,19 @@ def machine_idle() -> tuple[int, int]:
     """(idle, all) clock ticks of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as stat:
         ticks = [int(value) for value in stat.readline().split()[1:]]
-    return ticks[3] + ticks[4], sum(ticks)
+    # user nice system idle iowait irq softirq steal; guest time is counted in user already.
+    return ticks[3] + ticks[4], sum(ticks[:8])
+
+
+class Sample(NamedTuple):
+    """What the driver reads while a drain runs."""
+
+    at: float  # time.monotonic()
+    done: int  # tasks finished
+    pool_cpu: float  # seconds
+    redis_cpu: float  # seconds
+    idle_ticks: tuple[int, int]  # machine_idle()
+    cpu_pressure: float | None  # machine_cpu_pressure()
 
 
 def wait_done(r, count: int, timeout: float, worker: Worker) -> None:
@@ -510,10 +511,9 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
         r = server.client
         first = last = None
 
-        def sample(now: float, done: int) -> tuple:
-            redis_pid = [server.process.pid]
-            return (now, done, worker.cpu(), cpu_seconds(server.process.pid), machine_idle(),
-                    worker.run_delay() + run_delay(redis_pid))  # fmt: skip
+        def sample(now: float, done: int) -> Sample:
+            return Sample(now, done, worker.cpu(), cpu_seconds(server.process.pid),
+                          machine_idle(), machine_cpu_pressure())  # fmt: skip
 
         try:
             deadline = time.monotonic() + ctx.drain_timeout + 60
@@ -522,7 +522,7 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
                 done = int(r.get(bench_common.DONE) or 0)
                 if first is None and done >= 1:
                     first = sample(now, done)
-                if done >= count or (first and now > first[0] + ctx.drain_timeout):
+                if done >= count or (first and now > first.at + ctx.drain_timeout):
                     last = sample(now, done)
                     break
                 if now > deadline or not worker.alive():
@@ -530,7 +530,7 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
                 time.sleep(0.005)
             # The last task sets LAST just after its INCR: give it a moment.
             settle = time.monotonic() + 5
-            while last[1] >= count and r.get(bench_common.LAST) is None:
+            while last.done >= count and r.get(bench_common.LAST) is None:
                 if time.monotonic() > settle:
                     break
                 time.sleep(0.005)
@@ -539,28 +539,30 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
             cpu_ns = int(r.get(bench_common.CPU_NS) or 0)
         finally:
             worker.stop()
-    complete = last[1] >= count and t_last is not None
-    ran = max(1, last[1] - first[1])
-    idle, ticks = (b - a for a, b in zip(first[4], last[4], strict=True))
+    complete = last.done >= count and t_last is not None
+    ran = max(1, last.done - first.done)
+    idle, ticks = (b - a for a, b in zip(first.idle_ticks, last.idle_ticks, strict=True))
     result = {
         "enqueue_rate": enqueued["rate"],
         "complete": complete,
-        "done": last[1],
-        "cpu_per_task": (last[2] - first[2]) / ran,
+        "done": last.done,
+        "cpu_per_task": (last.pool_cpu - first.pool_cpu) / ran,
         # Where the time went between the first and the last task, for the scaling target:
-        # Redis's CPU, how much of the machine stayed idle, and how long the pool's threads
-        # and Redis, once woken, waited for a CPU.
-        "redis_cpu_per_task": (last[3] - first[3]) / ran,
+        # Redis's CPU, how much of the machine stayed idle, and for how much of the time some
+        # runnable thread (the pool's, Redis's, the driver's) waited for a CPU all the same.
+        "redis_cpu_per_task": (last.redis_cpu - first.redis_cpu) / ran,
         "machine_idle": idle / max(1, ticks),
-        "run_delay_per_task": (last[5] - first[5]) / ran,
     }
+    if first.cpu_pressure is not None and last.cpu_pressure is not None:
+        waited = last.cpu_pressure - first.cpu_pressure
+        result["cpu_pressure"] = waited / max(1e-9, last.at - first.at)
     if complete:
         wall = float(t_last) - t_first
         result["wall"] = wall
         result["throughput"] = (count - 1) / wall if kind == "noop" else count / wall
     else:  # the drain timed out: the rate the driver saw
-        result["wall"] = last[0] - first[0]
-        result["throughput"] = (last[1] - first[1]) / (last[0] - first[0])
+        result["wall"] = last.at - first.at
+        result["throughput"] = (last.done - first.done) / (last.at - first.at)
     if kind == "burn" and complete:
         result["task_cpu"] = cpu_ns / 1e9
         result["overhead_us"] = (wall * processes - cpu_ns / 1e9) / count * 1e6
@@ -771,7 +773,7 @@ def machine() -> dict:
     ).stdout.strip()
     return {
         "cpu": model,
-        "cores": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(memory_kb / 2**20),
         "os": platform.platform(),
         "python": platform.python_version(),
