@@ -65,6 +65,13 @@ def wait_for_file(path: str, seconds: float = 30.0) -> int:
 
 
 @task
+def touch_then_wait_for_file(started: str, go: str) -> int:
+    """Say it started (create `started`), then run until `go` exists; return the pid."""
+    Path(started).touch()
+    return wait_for_file.call(go)
+
+
+@task
 def touch_then_sleep(path: str, seconds: float) -> int:
     """Say it started (create `path`), then take `seconds`."""
     Path(path).touch()

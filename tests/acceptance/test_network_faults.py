@@ -15,6 +15,15 @@ from tests.tcp_proxy import TcpProxy
 from threadmill.pool.config import HOLD_LIMIT
 
 
+def wait_drained(backend, timeout: float) -> None:
+    """Wait until no task is ready, scheduled or running."""
+    wait_for(
+        lambda: sum(backend.count_pending().values()) == 0,
+        timeout=timeout,
+        what="every task to finish",
+    )
+
+
 def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
     redis_server, key_prefix, settings, tmp_path
 ):
@@ -37,11 +46,7 @@ def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
             time.sleep(1.5)  # the fault lasts this long: it is the test's input, not a wait
             proxy.delay = 0.0
             proxy.restore()
-        wait_for(
-            lambda: sum(backend.count_pending().values()) == 0,
-            timeout=90,
-            what="every task to finish",
-        )
+        wait_drained(backend, timeout=90)
     finally:
         pool.terminate()
         proxy.stop()
@@ -72,8 +77,8 @@ def test_a_worker_cut_off_from_redis_runs_only_as_far_as_it_can_hold_and_loses_n
 
     backend = task_backends["default"]
     proxy = TcpProxy(redis_server.port)
-    go, log = tmp_path / "go", tmp_path / "runs.log"
-    first = pool_tasks.wait_for_file.enqueue(str(go))
+    started, go, log = tmp_path / "started", tmp_path / "go", tmp_path / "runs.log"
+    first = pool_tasks.touch_then_wait_for_file.enqueue(str(started), str(go))
     quick = [pool_tasks.note_run.enqueue(str(log), i) for i in range(HOLD_LIMIT + 20)]
     env = pool_environment(proxy.url, key_prefix, tmp_path)
     args = ["--processes", "1", "--threads", "1", "--prefetch", str(HOLD_LIMIT + 40)]
@@ -83,22 +88,16 @@ def test_a_worker_cut_off_from_redis_runs_only_as_far_as_it_can_hold_and_loses_n
         return log.read_text().split() if log.exists() else []
 
     try:
-        wait_for(
-            lambda: backend.count_pending()["running"] == 1 + len(quick),
-            timeout=30,
-            what="every task to be leased",
-        )
+        # Started: so the worker has its lease call's reply, which holds the other tasks too.
+        wait_for(started.exists, timeout=30, what="the first task to start")
+        assert backend.count_pending()["running"] == 1 + len(quick)  # leased in one call
         proxy.cut()
         go.touch()
         wait_for(lambda: len(runs()) >= HOLD_LIMIT, timeout=30, what="the held outcomes")
         time.sleep(1.0)  # the outage lasts this long: it is the test's input, not a wait
         assert len(runs()) == HOLD_LIMIT
         proxy.restore()
-        wait_for(
-            lambda: sum(backend.count_pending().values()) == 0,
-            timeout=60,
-            what="every task to finish",
-        )
+        wait_drained(backend, timeout=60)
     finally:
         pool.terminate()
         proxy.stop()

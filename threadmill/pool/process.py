@@ -263,13 +263,18 @@ class WorkerProcess:
             self.room_ready.notify_all()
             self.outbox_ready.notify()  # publish what is held now
         logger.info("Worker process %s stops because %s", self.pid, reason)
+        # From a thread of its own: during an outage the call retries for seconds, and the
+        # main thread must go on ticking meanwhile, or the arbiter takes it for stuck.
+        threading.Thread(target=self._interrupt_fetcher, name="interrupt", daemon=True).start()
+        if retiring:
+            self.control.send(retiring=True)
+
+    def _interrupt_fetcher(self) -> None:
         try:
             self.backend.interrupt(self.worker_id)  # the fetcher may be waiting for work
         except Exception:
             # Unreachable backend: the fetcher's wait fails on its own, and it sees `stopping`.
             logger.warning("Could not interrupt the fetcher's wait", exc_info=True)
-        if retiring:
-            self.control.send(retiring=True)
 
     # --- fetcher thread -------------------------------------------------------------------
 
