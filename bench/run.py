@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -387,22 +388,13 @@ class Worker:
 
     def cpu(self) -> float:
         """CPU seconds (user + system) of every process of the session, reaped children too."""
-        ticks = sum(sum(int(value) for value in fields[11:15]) for _, fields in self._members())
+        # fields[0] is the state (field 3 of proc(5)); session is field 6, times 14-17.
+        ticks = sum(
+            sum(int(value) for value in fields[11:15])
+            for _, fields in processes()
+            if int(fields[3]) == self.sid
+        )
         return ticks / os.sysconf("SC_CLK_TCK")
-
-    def _members(self):
-        """(pid, fields of /proc/<pid>/stat after the name) of every process of the session."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            # fields[0] is the state (field 3 of proc(5)); session is field 6, times 14-17.
-            if int(fields[3]) == self.sid:
-                yield int(entry), fields
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -435,12 +427,27 @@ def machine_cpu_pressure() -> float | None:
         return None
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of one process so far."""
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the process name (fields[0] is its state), or
+    None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
+            return stat.read().rsplit(b")", 1)[1].split()
     except OSError:
+        return None
+
+
+def processes() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, `proc_stat` fields) of every process of the machine."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := proc_stat(entry)) is not None:
+            yield int(entry), fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of one process so far."""
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

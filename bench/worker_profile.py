@@ -29,17 +29,7 @@ import run  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
+    return [child for child, fields in run.processes() if int(fields[1]) == pid]
 
 
 def drain(peer: run.Peer, tasks: int, threads: int, during) -> dict:
