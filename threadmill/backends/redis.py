@@ -203,11 +203,6 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
         held = self._worker_held if worker else self._held
         return held.scripts(SCRIPTS_BY_NAME[name], calls)
 
-    def _blpop(self, keys: list[str], timeout: float) -> Any:
-        if self.cluster is True:
-            return self.worker_client.blpop(keys, timeout=timeout)
-        return self._worker_held.call("BLPOP", *keys, timeout)
-
     def _pipeline(self, client: "redis.Redis"):
         """A pipeline to the server holding this alias's slot (one round trip for many calls)."""
         if self.cluster is True:
@@ -280,55 +275,57 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
             queue_keys = self.queue_keys(name)
             keys.extend(queue_keys)
             wait_keys.append(queue_keys[3])
-        wait_keys.append(self._interrupt_key(worker_id))  # last: see _wait_for_work
+        wait_keys.append(self._interrupt_key(worker_id))  # last: an interrupt, not work
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+
+        def lease_call() -> tuple[list, list]:
             self._rotation += 1
             keys[2] = self.key(f"receipt:{secrets.token_hex(8)}")
-            reply = self._run(
-                "acquire",
-                keys,
-                [
-                    count,
-                    json.dumps(worker_id),
-                    worker_id,
-                    pool_id or "",
-                    self.lease_ttl,
-                    self.batch_size,
-                    self._rotation,
-                    RECEIPT_TTL,
-                ],
-            )
+            args = [
+                count,
+                json.dumps(worker_id),
+                worker_id,
+                pool_id or "",
+                self.lease_ttl,
+                self.batch_size,
+                self._rotation,
+                RECEIPT_TTL,
+            ]
+            return list(keys), args
+
+        reply = self._run("acquire", *lease_call())
+        while True:
             leased = self._leased(reply, worker_id)
             if leased or len(reply) > 2:
                 return leased
             due = None  # when the earliest scheduled task falls due, on our clock
             if reply[1]:
                 due = time.monotonic() + max(0.0, float(reply[1]) - float(reply[0])) + 0.001
-            if not self._wait_for_work(wait_keys, deadline, due):
+            block = _block_for(deadline, due)
+            if block is None:
                 return []
+            if block == 0:
+                reply = self._run("acquire", *lease_call())
+                continue
+            # Every enqueue, retry, release and promotion pushes a wake-up token, so the lease
+            # that follows a wake-up is sent with the wait, in one write: the task comes back
+            # in the same round trip as the wake-up. A wait that times out leases too (one
+            # more command per LONGEST_BLOCK while idle); a token on the worker's own interrupt
+            # key gives up, keeping whatever that lease took.
+            woken, reply = self._wait_then_lease(wait_keys, block, lease_call())
+            if woken is not None and _text(woken[0]) == wait_keys[-1]:
+                return self._leased(reply, worker_id)
 
-    def _wait_for_work(
-        self, wait_keys: list[str], deadline: float | None, due: float | None
-    ) -> bool:
-        """Block until something may be leasable: True to look again, False to give up.
-
-        Every enqueue, retry, release and promotion pushes a wake-up token, so a wait that ends
-        without one means nothing was queued: wait again without asking (an idle worker costs
-        one command per LONGEST_BLOCK). A token on the worker's own interrupt key gives up.
-        """
-        while True:
-            now = time.monotonic()
-            if due is not None and now >= due:
-                return True
-            ends = [t for t in (deadline, due) if t is not None]
-            wait = min(ends) - now if ends else LONGEST_BLOCK
-            if deadline is not None and now >= deadline:
-                return False
-            # BLPOP takes a float timeout (0 would mean "for ever"): never pass 0.
-            woken = self._blpop(wait_keys, max(0.001, min(wait, LONGEST_BLOCK)))
-            if woken is not None:
-                return _text(woken[0]) != wait_keys[-1]
+    def _wait_then_lease(
+        self, wait_keys: list[str], block: float, call: tuple[list, list]
+    ) -> tuple[Any, list]:
+        if self.cluster is True:
+            woken = self.worker_client.blpop(wait_keys, timeout=block)
+            return woken, self._run("acquire", *call)
+        # BLPOP takes a float timeout (0 would mean "for ever").
+        return self._worker_held.wait_then_script(
+            ("BLPOP", *wait_keys, max(0.001, block)), SCRIPTS_BY_NAME["acquire"], *call
+        )
 
     def interrupt(self, worker_id: str) -> None:
         key = self._interrupt_key(worker_id)
@@ -634,6 +631,17 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                 obj=self.alias,
                 id="threadmill.W002",
             )
+
+
+def _block_for(deadline: float | None, due: float | None) -> float | None:
+    """Seconds to wait for a wake-up: None when the deadline has passed, 0 when `due` has."""
+    now = time.monotonic()
+    if deadline is not None and now >= deadline:
+        return None
+    if due is not None and now >= due:
+        return 0.0
+    ends = [t - now for t in (deadline, due) if t is not None]
+    return min([LONGEST_BLOCK, *ends])
 
 
 def _token(attempts: int, worker_id: str) -> str:

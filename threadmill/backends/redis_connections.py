@@ -79,6 +79,32 @@ class HeldConnections:
 
         return self._with_retries(attempt)
 
+    def wait_then_script(
+        self, wait: Sequence[Any], script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """Send a blocking command and a script behind it in one write; return both replies.
+
+        The server reads a blocked client's next command only once the blocking one returns,
+        so the script runs the moment the wait ends, without a round trip back to us first.
+        """
+
+        def attempt(connection: AbstractConnection) -> tuple[Any, Any]:
+            if script.sha is None:
+                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
+            commands = [wait, ("EVALSHA", script.sha, len(keys), *keys, *args)]
+            woken, reply = _send_and_read(connection, commands, None)
+            if isinstance(woken, ResponseError):
+                raise woken
+            if isinstance(reply, NoScriptError):
+                # The server forgot it (a restart, SCRIPT FLUSH): load it and run it again.
+                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
+                reply = _round_trip(connection, commands[1:], None)[0]
+            elif isinstance(reply, ResponseError):
+                raise reply
+            return woken, reply
+
+        return self._with_retries(attempt)
+
     def _with_retries(self, attempt: Callable[[AbstractConnection], Any]) -> Any:
         return self._retry.call_with_retry(
             lambda: attempt(self._connection()), lambda error: self._drop()
@@ -104,6 +130,17 @@ def _round_trip(
     connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
 ) -> list:
     """Send every command in one write, read every reply; raise the first error reply."""
+    replies = _send_and_read(connection, commands, timeout)
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
+def _send_and_read(
+    connection: AbstractConnection, commands: Sequence[Sequence[Any]], timeout: float | None
+) -> list:
+    """Send every command in one write, read every reply; an error reply is its exception."""
     packed = None
     if _hiredis_pack is not None:
         # Straight to hiredis: redis-py's packer walks every argument in Python first, which
@@ -115,14 +152,11 @@ def _round_trip(
         packed = connection.pack_commands(commands)
     connection.send_packed_command(packed, check_health=False)
     read: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-    replies, first_error = [], None
+    replies: list = []
     for _ in commands:
         try:
             replies.append(connection.read_response(**read))
         except ResponseError as error:
             # An error reply: read the others too, so the connection stays in step.
-            first_error = first_error or error
-            replies.append(None)
-    if first_error is not None:
-        raise first_error
+            replies.append(error)
     return replies
