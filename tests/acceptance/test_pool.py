@@ -282,6 +282,19 @@ def test_max_tasks_recycles_worker_processes_visible_as_new_pids(start_pool, fin
     wait_for(lambda: "leased its --max-tasks; retiring" in pool.log(), what="the retiring line")
 
 
+def test_a_worker_with_threads_and_a_prefetch_retires_on_its_own_after_max_tasks(
+    start_pool, finished
+):
+    # Queued before the pool starts, so the first lease takes all 3 of the budget at once:
+    # the process must run every one of them and then leave by itself (nobody signals a
+    # retiring worker), with none of its threads left waiting for work.
+    results = [pool_tasks.sleep_then_pid.enqueue(0.2) for _ in range(9)]
+    pool = start_pool("--processes", "1", "--threads", "2", "--max-tasks", "3", "--prefetch", "4")
+    pids = [finished(result).return_value for result in results]
+    assert sorted(pids.count(pid) for pid in set(pids)) == [3, 3, 3]
+    wait_for(lambda: not set(pids) & pool.workers(), what="the retired processes to exit")
+
+
 def test_max_memory_recycles_a_worker_after_the_task_that_passed_it(start_pool, finished):
     pool = start_pool("--processes", "1", "--max-memory", "120")
     (old,) = pool.booted_workers(1)
