@@ -154,13 +154,38 @@ def test_an_idle_acquire_on_postgresql_wakes_within_milliseconds(postgres_tasks_
     assert woke[0] - enqueued_at < 0.1
 
 
+def test_acquires_from_threads_in_turn_share_one_listen_connection(postgres_tasks_setting):
+    # A pool's threads take turns at leasing: a LISTEN connection for each would multiply a
+    # worker process's connections by its threads.
+    backend = DatabaseTaskBackend("default", postgres_tasks_setting["default"])
+    before = _listeners()
+
+    def acquire() -> None:
+        try:
+            with pytest.raises(TimeoutError):
+                backend.acquire(timeout=0.2, worker_id=WORKER)
+        finally:
+            connections.close_all()
+
+    for _ in range(4):
+        thread = threading.Thread(target=acquire)
+        thread.start()
+        thread.join(10)
+    assert _listeners() - before == 1
+
+
 def _listening() -> bool:
+    return _listeners(state="idle") > 0
+
+
+def _listeners(state: str | None = None) -> int:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN threadmill'"
     with connections["postgres"].cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN threadmill'"
-            " AND state = 'idle'"
-        )
-        return cursor.fetchone()[0] > 0
+        if state is None:
+            cursor.execute(query)
+        else:
+            cursor.execute(query + " AND state = %s", [state])
+        return cursor.fetchone()[0]
 
 
 def test_an_idle_acquire_on_sqlite_polls_without_taking_the_write_lock(sqlite_tasks_setting):

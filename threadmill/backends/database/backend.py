@@ -26,6 +26,7 @@ Limits
   0.1 s); on PostgreSQL it sleeps on LISTEN/NOTIFY.
 """
 
+import contextlib
 import functools
 import itertools
 import json
@@ -125,7 +126,8 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         # connection of their own (see vendors.worker_alias).
         self.database: str = self.settings["database"]
         self._rotation = itertools.count()
-        self._local = threading.local()  # a waiter per thread: it owns a connection
+        self._local = threading.local()  # per thread: the dialect of its connection
+        self._idle_waiters: list[vendors.Waiter] = []  # see `_waiter`
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -225,28 +227,28 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         interrupted = vendors.interrupts.event(worker_id) if worker_id else None
         worker_id = worker_id or f"anonymous:{get_random_string(8)}"
         deadline = None if timeout is None else monotonic() + timeout
-        waiter = self._waiter()
-        # Armed before the first look, so news arriving between the look and the wait is kept.
-        waiter.arm({f"{self.alias}/{name}" for name in queues})
-        races = 0
-        while True:
-            leased, next_due, raced = self._lease(queues, count, worker_id, pool_id)
-            if leased:
-                return leased
-            wait = LONGEST_WAIT if deadline is None else deadline - monotonic()
-            if raced:
-                # Due tasks were there, but others were leasing them: no notification will
-                # come for those, so look again soon (their transactions take milliseconds).
-                races += 1
-                wait = min(wait, RACE_BACKOFF * 2 ** min(races, 5))
-            elif next_due is not None:  # a scheduled task falls due: wake up for it
-                until_due = (next_due - timezone.now()).total_seconds() + 0.001
-                wait = min(wait, max(until_due, 0.001))
-            if wait <= 0 or vendors.interrupts.take(interrupted):
-                return []
-            waiter.wait(min(wait, LONGEST_WAIT), interrupted)
-            if vendors.interrupts.take(interrupted):
-                return []
+        with self._waiter() as waiter:
+            # Armed before the first look, so news arriving between the look and the wait is kept.
+            waiter.arm({f"{self.alias}/{name}" for name in queues})
+            races = 0
+            while True:
+                leased, next_due, raced = self._lease(queues, count, worker_id, pool_id)
+                if leased:
+                    return leased
+                wait = LONGEST_WAIT if deadline is None else deadline - monotonic()
+                if raced:
+                    # Due tasks were there, but others were leasing them: no notification will
+                    # come for those, so look again soon (their transactions take milliseconds).
+                    races += 1
+                    wait = min(wait, RACE_BACKOFF * 2 ** min(races, 5))
+                elif next_due is not None:  # a scheduled task falls due: wake up for it
+                    until_due = (next_due - timezone.now()).total_seconds() + 0.001
+                    wait = min(wait, max(until_due, 0.001))
+                if wait <= 0 or vendors.interrupts.take(interrupted):
+                    return []
+                waiter.wait(min(wait, LONGEST_WAIT), interrupted)
+                if vendors.interrupts.take(interrupted):
+                    return []
 
     @_gated
     def interrupt(self, worker_id: str) -> None:
@@ -255,11 +257,19 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         # event. (Only waits in this process can be interrupted.)
         vendors.wake_listeners(self.connection)
 
-    def _waiter(self) -> vendors.Waiter:
-        waiter = getattr(self._local, "waiter", None)
-        if waiter is None:
-            waiter = self._local.waiter = vendors.waiter_for(self.worker_database)
-        return waiter
+    @contextlib.contextmanager
+    def _waiter(self) -> Iterator[vendors.Waiter]:
+        """A waiter no other call uses meanwhile. Borrowed, not one per thread: a process keeps
+        as many (on PostgreSQL each holds a LISTEN connection) as calls ever waited at once,
+        and a pool's threads take turns at leasing, so that is one per worker process."""
+        try:
+            waiter = self._idle_waiters.pop()  # atomic: no lock a fork could leave held
+        except IndexError:
+            waiter = vendors.waiter_for(self.worker_database)
+        try:
+            yield waiter
+        finally:
+            self._idle_waiters.append(waiter)
 
     @_gated
     def _lease(
