@@ -49,6 +49,7 @@ from threadmill.backends.serialization import (
     encode_return_value,
     enqueued_result,
     new_task_id,
+    normalized_arguments,
     synthetic_error,
     to_task_result,
 )
@@ -230,6 +231,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         task_id = new_task_id()
+        args, kwargs = normalized_arguments(args, kwargs)
         payload = encode_payload(task, args, kwargs)
         ready, scheduled, _, wake = self.queue_keys(task.queue_name)
         run_after = repr(task.run_after.timestamp()) if task.run_after else ""

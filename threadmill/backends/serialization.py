@@ -22,8 +22,15 @@ from django.utils.module_loading import import_string
 from threadmill.exceptions import InvalidReturnValue, InvalidTaskPath
 
 
-def encode_payload(task: Task, args: Any, kwargs: Any) -> bytes:
-    """Encode what is needed to run `task` later: its path, its options and its arguments."""
+def normalized_arguments(args: Any, kwargs: Any) -> tuple[list, dict]:
+    """Arguments as Django's TaskResult holds them (`normalize_json`): normalized once, for
+    both the payload and the enqueued result."""
+    return normalize_json(args), normalize_json(kwargs)
+
+
+def encode_payload(task: Task, args: list, kwargs: dict) -> bytes:
+    """Encode what is needed to run `task` later: its path, its options and its arguments
+    (`normalized_arguments`)."""
     return _dumps(
         {
             "task": task.module_path,
@@ -32,8 +39,8 @@ def encode_payload(task: Task, args: Any, kwargs: Any) -> bytes:
             "run_after": task.run_after.timestamp() if task.run_after else None,
             "backend": task.backend,
             "takes_context": task.takes_context,
-            "args": normalize_json(args),
-            "kwargs": normalize_json(kwargs),
+            "args": args,
+            "kwargs": kwargs,
         }
     )
 
@@ -196,12 +203,13 @@ def enqueued_result(
     task: Task,
     task_id: str,
     enqueued_at: datetime | float | str,
-    args: Any,
-    kwargs: Any,
+    args: list,
+    kwargs: dict,
     alias: str,
 ) -> TaskResult:
-    """The READY TaskResult of a task just enqueued (no need to decode what we just encoded)."""
-    return TaskResult(
+    """The READY TaskResult of a task just enqueued, its arguments `normalized_arguments`
+    (no need to decode what we just encoded, nor to normalize them twice)."""
+    return _task_result(
         task=task,
         id=task_id,
         status=TaskResultStatus.READY,
@@ -214,6 +222,7 @@ def enqueued_result(
         backend=alias,
         errors=[],
         worker_ids=[],
+        _return_value=None,
     )
 
 

@@ -59,6 +59,7 @@ from threadmill.backends.serialization import (
     encode_worker_ids,
     enqueued_result,
     new_task_id,
+    normalized_arguments,
     synthetic_error,
     to_task_result,
 )
@@ -187,6 +188,7 @@ class DatabaseTaskBackend(AcknowledgeableTaskBackend):
         self.validate_task(task)
         now = timezone.now()
         result_id = new_task_id()
+        args, kwargs = normalized_arguments(args, kwargs)
         payload = encode_payload(task, args, kwargs).decode()
         connection = vendors.ready(connections[self.database])
         dialect = queries.Dialect(connection)
