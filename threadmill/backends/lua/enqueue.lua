@@ -13,8 +13,9 @@
 -- call sent again (its reply was lost) changes nothing and returns the first call's time; an
 -- id taken by another task is an error.
 local id = ARGV[1]
-local existing = redis.call('HMGET', KEYS[1], id .. '.payload', id .. '.enqueued_at')
-if existing[1] then
+-- Claims the id and stores the payload in one command; the id is rarely taken already.
+if redis.call('HSETNX', KEYS[1], id .. '.payload', ARGV[2]) == 0 then
+  local existing = redis.call('HMGET', KEYS[1], id .. '.payload', id .. '.enqueued_at')
   if existing[1] == ARGV[2] then
     return existing[2]
   end
@@ -26,15 +27,16 @@ local sequence = redis.call('INCR', KEYS[2])
 -- Higher priority sorts first; 2^44 sequence numbers per band keep the score an exact integer.
 local order = string.format('%.0f', (100 - tonumber(ARGV[4])) * 17592186044416 + sequence)
 redis.call('HSET', KEYS[1],
-  id .. '.payload', ARGV[2], id .. '.status', 'READY', id .. '.queue', ARGV[3],
+  id .. '.status', 'READY', id .. '.queue', ARGV[3],
   id .. '.order', order, id .. '.enqueued_at', now, id .. '.attempts', 0,
   id .. '.worker_ids', '[]', id .. '.errors', '[]')
 if ARGV[5] ~= '' and tonumber(ARGV[5]) > tonumber(now) then
   redis.call('ZADD', KEYS[4], ARGV[5], id)
 else
   redis.call('ZADD', KEYS[3], order, id)
-  redis.call('LPUSH', KEYS[5], '1')
   -- Enough tokens to wake every idle acquirer; more would only be stale.
-  redis.call('LTRIM', KEYS[5], 0, 255)
+  if redis.call('LPUSH', KEYS[5], '1') > 256 then
+    redis.call('LTRIM', KEYS[5], 0, 255)
+  end
 end
 return now
