@@ -254,8 +254,9 @@ def targets(table, peers, calibration: dict, cores: int) -> list[str]:
         if wake:
             limit = (
                 f"a bare Redis wake-up of an idle process (RPUSH → BLPOP) takes "
-                f"{wake['p50_ms']:.2f} ms; a durable pickup adds the enqueue and a lease "
-                "round trip to it"
+                f"{wake['p50_ms']:.2f} ms; a durable pickup adds Django's enqueue, the "
+                "script that stores the task, and the lease script Redis runs before it "
+                "answers the wake-up"
             )
         add("idle pickup p50 ≤ 1 ms", f"{p50:.2f} ms", p50 <= 1.0, limit)
     if p95 is not None:
