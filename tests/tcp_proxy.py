@@ -54,6 +54,10 @@ class TcpProxy:
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
+                # Shut down first: a close alone leaves the socket open while a pump thread is
+                # blocked reading it, and the peer would hear nothing until its own timeout.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             except OSError:
                 pass

@@ -14,8 +14,9 @@ from redis.crc import key_slot
 
 from tests import tasks
 from tests.conftest import redis_tasks_setting_for
-from tests.servers import RedisServer, free_port
-from threadmill.backends.redis import SCRIPTS
+from tests.servers import RedisServer, free_port, wait_for
+from tests.tcp_proxy import TcpProxy
+from threadmill.backends.redis import SCRIPTS, RedisTaskBackend
 from threadmill.exceptions import BackendUnavailable
 
 pytestmark = pytest.mark.usefixtures("redis_tasks_setting")
@@ -109,6 +110,41 @@ def test_a_resent_lease_call_leases_nothing_more_and_gets_the_same_tasks(backend
     assert len(first[2::6]) == 2
     assert second[2::6] == first[2::6]
     assert backend.count_pending() == {"ready": 2, "scheduled": 0, "running": 2}
+
+
+def test_a_lease_whose_reply_was_lost_comes_back_on_reconnecting_without_a_second_wait(
+    redis_server, key_prefix
+):
+    # The lease is sent behind the wait. Should the link fail after Redis ran both, the retry
+    # must not wait again (the wake-up is used up): the task would sit leased meanwhile.
+    proxy = TcpProxy(redis_server.port)
+    try:
+        direct = RedisTaskBackend("default", _setting(redis_server.url, key_prefix))
+        proxied = RedisTaskBackend("default", _setting(proxy.url, key_prefix))
+        leased: list = []
+
+        def acquire() -> None:
+            leased.extend(proxied.acquire_many(count=1, timeout=20, worker_id="h:1:t"))
+
+        waiter = threading.Thread(target=acquire)
+        waiter.start()
+        wait_for(lambda: _blocked_clients(direct) == 1, what="the acquire to wait")
+        proxy.cut(silent=True)  # from now on replies are held back, then lost
+        enqueued = direct.enqueue(tasks.noop, [], {})
+        wait_for(lambda: direct.count_pending()["running"] == 1, what="the lease to run")
+        proxy.restore()
+        waiter.join(5)
+        assert [result.id for result in leased] == [enqueued.id]
+    finally:
+        proxy.stop()
+
+
+def _setting(url: str, key_prefix: str) -> dict:
+    return redis_tasks_setting_for(url, key_prefix)["default"]
+
+
+def _blocked_clients(backend) -> int:
+    return backend.client.info("clients")["blocked_clients"]
 
 
 def test_a_resent_enqueue_call_queues_the_task_once(backend):

@@ -321,13 +321,22 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
     def _wait_then_lease(
         self, wait_keys: list[str], block: float, call: tuple[list, list]
     ) -> tuple[Any, list]:
+        block = max(0.001, block)  # BLPOP takes a float timeout (0 would mean "for ever")
         if self.cluster is True:
             woken = self.worker_client.blpop(wait_keys, timeout=block)
             return woken, self._run("acquire", *call)
-        # BLPOP takes a float timeout (0 would mean "for ever").
-        return self._worker_held.wait_then_script(
-            ("BLPOP", *wait_keys, max(0.001, block)), SCRIPTS_BY_NAME["acquire"], *call
+        woken, reply = self._worker_held.wait_then_script(
+            ("BLPOP", *wait_keys, block), SCRIPTS_BY_NAME["acquire"], *call
         )
+        if isinstance(woken, Exception):
+            # The wait failed (CLIENT UNBLOCK ... ERROR, a key of another type), yet the lease
+            # ran: what it took is the caller's. Only with nothing taken does the error go up
+            # (a caller backs off then, instead of failing the same way in a loop).
+            if len(reply) <= 2:
+                raise woken
+            logger.warning("A wait for work failed: %s", woken)
+            woken = None
+        return woken, reply
 
     def interrupt(self, worker_id: str) -> None:
         key = self._interrupt_key(worker_id)

@@ -82,28 +82,43 @@ class HeldConnections:
     def wait_then_script(
         self, wait: Sequence[Any], script: Script, keys: Sequence[str], args: Sequence[Any]
     ) -> tuple[Any, Any]:
-        """Send a blocking command and a script behind it in one write; return both replies.
+        """Send a blocking command and a script behind it in one write; return both replies
+        (the wait's error reply as its exception: the script ran all the same).
 
         The server reads a blocked client's next command only once the blocking one returns,
         so the script runs the moment the wait ends, without a round trip back to us first.
+        A retry (the connection failed) resends the script alone, and answers None for the
+        wait: the wait may have ended already, and its wake-up been used, so waiting again
+        could keep what the script took from the caller for a whole wait.
         """
+        sent = False
 
         def attempt(connection: AbstractConnection) -> tuple[Any, Any]:
+            nonlocal sent
             if script.sha is None:
                 script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-            commands = [wait, ("EVALSHA", script.sha, len(keys), *keys, *args)]
-            woken, reply = _send_and_read(connection, commands, None)
-            if isinstance(woken, ResponseError):
-                raise woken
+            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            if sent:
+                return None, self._script_reply(connection, script, call)
+            sent = True
+            woken, reply = _send_and_read(connection, [wait, call], None)
             if isinstance(reply, NoScriptError):
-                # The server forgot it (a restart, SCRIPT FLUSH): load it and run it again.
-                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-                reply = _round_trip(connection, commands[1:], None)[0]
+                reply = self._script_reply(connection, script, call)
             elif isinstance(reply, ResponseError):
                 raise reply
             return woken, reply
 
         return self._with_retries(attempt)
+
+    @staticmethod
+    def _script_reply(connection: AbstractConnection, script: Script, call: tuple) -> Any:
+        """Run a script call alone, loading the script first if the server forgot it (a
+        restart, SCRIPT FLUSH)."""
+        try:
+            return _round_trip(connection, [call], None)[0]
+        except NoScriptError:
+            script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
+            return _round_trip(connection, [("EVALSHA", script.sha, *call[2:])], None)[0]
 
     def _with_retries(self, attempt: Callable[[AbstractConnection], Any]) -> Any:
         return self._retry.call_with_retry(
