@@ -295,6 +295,25 @@ def test_a_worker_with_threads_and_a_prefetch_retires_on_its_own_after_max_tasks
     wait_for(lambda: not set(pids) & pool.workers(), what="the retired processes to exit")
 
 
+def test_a_stopping_worker_gives_back_its_unstarted_tasks_while_a_long_task_runs(
+    start_pool, backend, finished, tmp_path
+):
+    # Another pool can run them meanwhile: they must not wait for the longest task to end.
+    started, go = tmp_path / "started", tmp_path / "go"
+    long = pool_tasks.touch_then_wait_for_file.enqueue(str(started), str(go))
+    pool = start_pool("--processes", "1", "--threads", "1", "--prefetch", "2")
+    wait_for(started.exists, what="the long task to start")
+    others = [pool_tasks.pid.enqueue() for _ in range(4)]
+    wait_for(lambda: backend.count_pending()["running"] == 3, what="the prefetch to fill")
+    pool.send(signal.SIGTERM)
+    wait_for(lambda: backend.count_pending()["ready"] == 4, what="the prefetch to come back")
+    assert not go.exists()  # the long task still runs
+    go.touch()
+    assert pool.wait() == 0
+    assert finished(long).status == TaskResultStatus.SUCCESSFUL
+    assert {backend.get_result(r.id).status for r in others} == {TaskResultStatus.READY}
+
+
 def test_max_memory_recycles_a_worker_after_the_task_that_passed_it(start_pool, finished):
     pool = start_pool("--processes", "1", "--max-memory", "120")
     (old,) = pool.booted_workers(1)

@@ -299,10 +299,11 @@ class WorkerProcess:
                     if ran:
                         self.executing -= 1
                         ran = False
-                    waited = False
+                    waited = stopped = False
                     while True:
                         if self.stopping:
-                            return
+                            stopped = True
+                            break
                         if self.buffer and self.executing < self.config.threads:
                             leased, slot = self._take(ident)
                             break
@@ -314,6 +315,12 @@ class WorkerProcess:
                             return  # --max-tasks leased and run: nothing more will come
                         waited = True
                         self.work_ready.wait()
+                if stopped:
+                    # No thread takes a buffered task any more: give them back now, not once
+                    # the longest running task ends (a lease that met the stop's interrupt may
+                    # have filled the buffer).
+                    self._release_buffer()
+                    return
                 if leased is None:
                     taken = self._lease(ident)
                     if taken is None:
