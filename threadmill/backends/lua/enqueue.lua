@@ -16,10 +16,14 @@ local id = ARGV[1]
 -- Claims the id and stores the payload in one command; the id is rarely taken already.
 if redis.call('HSETNX', KEYS[1], id .. '.payload', ARGV[2]) == 0 then
   local existing = redis.call('HMGET', KEYS[1], id .. '.payload', id .. '.enqueued_at')
-  if existing[1] == ARGV[2] then
+  if existing[1] ~= ARGV[2] then
+    return redis.error_reply('threadmill: task id ' .. id .. ' exists already')
+  end
+  if existing[2] then
     return existing[2]
   end
-  return redis.error_reply('threadmill: task id ' .. id .. ' exists already')
+  -- Claimed by a call that failed before it was done (Redis keeps what a failing script
+  -- wrote): finish its work now.
 end
 local clock = redis.call('TIME')
 local now = string.format('%.6f', tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
