@@ -1,5 +1,6 @@
 """The pool behind a TCP proxy that cuts, stalls and slows its link to Redis."""
 
+import signal
 import time
 from collections import defaultdict
 
@@ -105,3 +106,38 @@ def test_a_worker_cut_off_from_redis_runs_only_as_far_as_it_can_hold_and_loses_n
     for result in [first, *quick]:
         assert backend.get_result(result.id).status == TaskResultStatus.SUCCESSFUL
     assert sorted(runs(), key=int) == [str(i) for i in range(len(quick))]  # each once
+
+
+def test_a_sigterm_during_an_outage_stops_the_worker_gracefully_once_redis_is_back(
+    redis_server, key_prefix, settings, tmp_path
+):
+    # Stopping interrupts the worker's wait for work with a Redis call. During a silent outage
+    # that call hangs; the worker's main thread must go on beating meanwhile, or the arbiter
+    # takes the worker for stuck and kills it, and the running task with it.
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, **POOL_OPTIONS)
+    from django.tasks import task_backends
+
+    backend = task_backends["default"]
+    proxy = TcpProxy(redis_server.port)
+    started, go = tmp_path / "started", tmp_path / "go"
+    running = pool_tasks.touch_then_wait_for_file.enqueue(str(started), str(go))
+    env = pool_environment(proxy.url, key_prefix, tmp_path)
+    args = ["--processes", "1", "--threads", "1", "--heartbeat-timeout", "3"]
+    pool = ChaosPool(0, args, env, tmp_path)
+    try:
+        wait_for(started.exists, timeout=30, what="the task to start")
+        proxy.cut(silent=True)
+        pool.process.send_signal(signal.SIGTERM)
+        time.sleep(5.0)  # the outage outlasts --heartbeat-timeout: the test's input, not a wait
+        proxy.restore()
+        go.touch()
+        code = pool.process.wait(timeout=60)
+    finally:
+        if pool.process.poll() is None:
+            pool.die()
+        proxy.stop()
+
+    log = (tmp_path / "pool-0-1.log").read_text()
+    assert code == 0, log
+    assert "stuck" not in log
+    assert backend.get_result(running.id).status == TaskResultStatus.SUCCESSFUL
