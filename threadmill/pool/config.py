@@ -10,7 +10,7 @@ TICK_INTERVAL = 0.2
 # arbiter kills its worker process (the task is stuck in C, where the exception cannot land).
 TIMEOUT_GRACE = 2.0
 
-# An idle fetcher waits for work without a deadline: the backend wakes it when a task is
+# An idle lease call waits for work without a deadline: the backend wakes it when a task is
 # queued, and `interrupt(worker_id)` when its process stops. No polling while idle.
 FETCH_TIMEOUT: float | None = None
 

@@ -29,7 +29,7 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument(
             "-t", "--threads", type=int, default=1,
-            help="Executor threads per worker process (default: 1).",
+            help="Tasks run at once per worker process, one thread each (default: 1).",
         )  # fmt: skip
         parser.add_argument(
             "--prefetch", type=int, default=DEFAULT_PREFETCH,
