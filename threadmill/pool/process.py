@@ -327,11 +327,11 @@ class WorkerProcess:
                         continue
                     leased, slot = taken
                     waited = True  # a lease may have waited for work a long while
+                ran = True  # counted in `executing` since `_take`, whatever happens next
                 if waited:
                     # Idle, this thread's connections may have passed CONN_MAX_AGE (after a
                     # task, `execute` closes what it left); between busy tasks there is no need.
                     close_old_connections()
-                ran = True
                 self._commit(self._run(leased, slot, ident))
                 self._check_memory()
         finally:
