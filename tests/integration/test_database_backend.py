@@ -1,5 +1,6 @@
 """What only the database backend promises: concurrent leasing, its idle wait, its tables."""
 
+import gc
 import json
 import sqlite3
 import subprocess
@@ -156,22 +157,33 @@ def test_an_idle_acquire_on_postgresql_wakes_within_milliseconds(postgres_tasks_
 
 def test_acquires_from_threads_in_turn_share_one_listen_connection(postgres_tasks_setting):
     # A pool's threads take turns at leasing: a LISTEN connection for each would multiply a
-    # worker process's connections by its threads.
+    # worker process's connections by its threads. The threads stay alive until the count, so
+    # a connection kept per thread would still be open then.
     backend = DatabaseTaskBackend("default", postgres_tasks_setting["default"])
+    gc.collect()  # listeners of backends earlier tests dropped close now, not during the count
     before = _listeners()
+    timed_out: list[bool] = []
+    counted = threading.Event()
 
     def acquire() -> None:
         try:
-            with pytest.raises(TimeoutError):
-                backend.acquire(timeout=0.2, worker_id=WORKER)
+            backend.acquire(timeout=0.2, worker_id=WORKER)
+        except TimeoutError:
+            timed_out.append(True)
         finally:
+            counted.wait(10)
             connections.close_all()
 
-    for _ in range(4):
-        thread = threading.Thread(target=acquire)
+    threads = [threading.Thread(target=acquire) for _ in range(4)]
+    for started, thread in enumerate(threads, 1):
         thread.start()
-        thread.join(10)
-    assert _listeners() - before == 1
+        wait_for(lambda n=started: len(timed_out) == n, what="the acquire to end")
+    try:
+        assert _listeners() - before == 1
+    finally:
+        counted.set()
+        for thread in threads:
+            thread.join(10)
 
 
 def _listening() -> bool:

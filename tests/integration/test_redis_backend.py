@@ -127,8 +127,9 @@ def test_a_lease_whose_reply_was_lost_comes_back_on_reconnecting_without_a_secon
             leased.extend(proxied.acquire_many(count=1, timeout=20, worker_id="h:1:t"))
 
         waiter = threading.Thread(target=acquire)
+        blocked = _blocked_clients(direct)  # the server is shared with other tests
         waiter.start()
-        wait_for(lambda: _blocked_clients(direct) == 1, what="the acquire to wait")
+        wait_for(lambda: _blocked_clients(direct) == blocked + 1, what="the acquire to wait")
         proxy.cut(silent=True)  # from now on replies are held back, then lost
         enqueued = direct.enqueue(tasks.noop, [], {})
         wait_for(lambda: direct.count_pending()["running"] == 1, what="the lease to run")
