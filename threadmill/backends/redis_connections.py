@@ -64,20 +64,7 @@ class HeldConnections:
 
     def scripts(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list:
         """Run a script once per (keys, args), pipelined: one send and one read for all."""
-
-        def attempt(connection: AbstractConnection) -> list:
-            if script.sha is None:
-                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-            commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
-            try:
-                return _round_trip(connection, commands, None)
-            except NoScriptError:
-                # The server forgot it (a restart, SCRIPT FLUSH): load and send again. Every
-                # script of ours is safe to run twice, so a partly run batch may be resent.
-                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-                return _round_trip(connection, commands, None)
-
-        return self._with_retries(attempt)
+        return self._with_retries(lambda connection: _evalsha(connection, script, calls))
 
     def wait_then_script(
         self, wait: Sequence[Any], script: Script, keys: Sequence[str], args: Sequence[Any]
@@ -95,30 +82,20 @@ class HeldConnections:
 
         def attempt(connection: AbstractConnection) -> tuple[Any, Any]:
             nonlocal sent
-            if script.sha is None:
-                script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
             if sent:
-                return None, self._script_reply(connection, script, call)
+                return None, _evalsha(connection, script, [(keys, args)])[0]
             sent = True
+            if script.sha is None:
+                script.sha = _load(connection, script)
+            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
             woken, reply = _send_and_read(connection, [wait, call], None)
             if isinstance(reply, NoScriptError):
-                reply = self._script_reply(connection, script, call)
+                reply = _evalsha(connection, script, [(keys, args)])[0]
             elif isinstance(reply, ResponseError):
                 raise reply
             return woken, reply
 
         return self._with_retries(attempt)
-
-    @staticmethod
-    def _script_reply(connection: AbstractConnection, script: Script, call: tuple) -> Any:
-        """Run a script call alone, loading the script first if the server forgot it (a
-        restart, SCRIPT FLUSH)."""
-        try:
-            return _round_trip(connection, [call], None)[0]
-        except NoScriptError:
-            script.sha = _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
-            return _round_trip(connection, [("EVALSHA", script.sha, *call[2:])], None)[0]
 
     def _with_retries(self, attempt: Callable[[AbstractConnection], Any]) -> Any:
         return self._retry.call_with_retry(
@@ -139,6 +116,29 @@ class HeldConnections:
             if self._local.generation == _generation:
                 connection.disconnect()
             self._local.connection = None
+
+
+def _evalsha(
+    connection: AbstractConnection,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+) -> list:
+    """Run a script once per (keys, args) in one round trip, loading it first when the server
+    does not know it."""
+    if script.sha is None:
+        script.sha = _load(connection, script)
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+    try:
+        return _round_trip(connection, commands, None)
+    except NoScriptError:
+        # The server forgot it (a restart, SCRIPT FLUSH): load and send again. Every script
+        # of ours is safe to run twice, so a partly run batch may be resent.
+        script.sha = _load(connection, script)
+        return _round_trip(connection, commands, None)
+
+
+def _load(connection: AbstractConnection, script: Script) -> str:
+    return _round_trip(connection, [("SCRIPT", "LOAD", script.text)], None)[0]
 
 
 def _round_trip(

@@ -367,9 +367,11 @@ class WorkerProcess:
         return leased, slot
 
     def _pass_on(self) -> None:
-        """Wake one waiting thread if there is a task for it to run or a lease to make: the
-        buffer shrank, so the prefetch may be topped up now, not only when a task ends (a long
-        task would otherwise starve it). (With `lock` held.)"""
+        """After this thread took a task or ended a lease, or before it waits for its outcome:
+        wake one waiting thread if there is a task for it to run or a lease to make (so the
+        prefetch is topped up as the buffer shrinks, not only when a task ends: a long task
+        would otherwise starve it), or all of them once nothing more will come. (With `lock`
+        held.)"""
         if self.lease_done and not self.leasing and not self.buffer:
             self.work_ready.notify_all()  # nothing more will come: idle threads end
         elif (self.buffer and self.executing < self.config.threads) or self._may_lease():
