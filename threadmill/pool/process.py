@@ -166,7 +166,6 @@ class WorkerProcess:
             budget = config.max_tasks + random.randint(0, config.max_tasks_jitter)
         self.budget: float = budget  # leases this process may still take
         self.stopping = False
-        self.lease_done = False  # --max-tasks leased: no lease call will follow
         self.stop_requested = threading.Event()
         self.running: dict[int, str] = {}  # thread ident -> task path, for the process title
 
@@ -304,15 +303,15 @@ class WorkerProcess:
                         if self.stopping:
                             stopped = True
                             break
-                        if self.buffer and self.executing < self.config.threads:
+                        if self._can_run():
                             leased, slot = self._take(ident)
                             break
                         if self._may_lease():
                             self.leasing = True
                             leased = None
                             break
-                        if self.lease_done and not self.leasing and not self.buffer:
-                            return  # --max-tasks leased and run: nothing more will come
+                        if self._nothing_more():
+                            return
                         waited = True
                         self.work_ready.wait()
                 if stopped:
@@ -344,9 +343,17 @@ class WorkerProcess:
             connections.close_all()  # this thread's own connections
             self._wake_main()
 
+    def _can_run(self) -> bool:
+        """Is a buffered task waiting for a free place? (With `lock` held.)"""
+        return bool(self.buffer) and self.executing < self.config.threads
+
     def _may_lease(self) -> bool:
         """Should a thread lease now? (With `lock` held.)"""
         return not self.leasing and self.budget > 0 and self._wants_more()
+
+    def _nothing_more(self) -> bool:
+        """--max-tasks leased and every task taken: no work will come. (With `lock` held.)"""
+        return self.budget <= 0 and not self.leasing and not self.buffer
 
     def _wants_more(self) -> bool:
         # Refill in batches: wait until half the prefetch is used up (or a thread is idle), so
@@ -372,9 +379,9 @@ class WorkerProcess:
         prefetch is topped up as the buffer shrinks, not only when a task ends: a long task
         would otherwise starve it), or all of them once nothing more will come. (With `lock`
         held.)"""
-        if self.lease_done and not self.leasing and not self.buffer:
-            self.work_ready.notify_all()  # nothing more will come: idle threads end
-        elif (self.buffer and self.executing < self.config.threads) or self._may_lease():
+        if self._nothing_more():
+            self.work_ready.notify_all()  # idle threads end
+        elif self._can_run() or self._may_lease():
             self.work_ready.notify()
 
     def _lease(self, ident: int) -> tuple[TaskResult, int] | None:
@@ -410,10 +417,11 @@ class WorkerProcess:
                 self.buffer.extend(leased)
                 self.in_hand += len(leased)
                 self.budget -= len(leased)
-                exhausted = self.budget <= 0 and not self.lease_done and not self.stopping
-                self.lease_done = self.lease_done or self.budget <= 0
+                # Only a lease takes from the budget, and only while some is left: this is the
+                # one lease that used it up.
+                exhausted = self.budget <= 0 and not self.stopping
                 taken = None
-                if self.buffer and self.executing < self.config.threads and not self.stopping:
+                if self._can_run() and not self.stopping:
                     taken = self._take(ident)
                 else:
                     self._pass_on()
