@@ -726,9 +726,12 @@ def best_calibration(measured: list[dict]) -> dict:
         elif isinstance(values[0], dict) and "ratio" in values[0]:
             best[key] = max(values, key=lambda value: value["ratio"])  # one pair, as measured
         elif isinstance(values[0], dict):
+            names = dict.fromkeys(name for value in values for name in value)
             best[key] = {
-                name: (max if name == "rate" else min)(value[name] for value in values)
-                for name in values[0]
+                name: (max if name == "rate" else min)(
+                    value[name] for value in values if name in value
+                )
+                for name in names
             }
         else:
             best[key] = min(values)  # the reporting round trip's µs
@@ -901,7 +904,10 @@ def main(argv: list[str] | None = None) -> dict:
         report["postgres"] = Postgres.seen
     # Again at the end: the machine's speed drifts over a long run, and a floor is the best
     # it allows.
-    report["calibrations"].append(calibrate(args.quick))
+    try:
+        report["calibrations"].append(calibrate(args.quick))
+    except (subprocess.SubprocessError, ValueError) as error:  # keep the run's results
+        log(f"the floors could not be measured again: {error}")
     report["calibration"] = best_calibration(report["calibrations"])
     report["seconds"] = time.monotonic() - started
     report["machine"]["load_after"] = os.getloadavg()
