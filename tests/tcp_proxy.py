@@ -13,6 +13,8 @@ class TcpProxy:
 
     `cut(silent=True)` keeps connections open but forwards nothing (a pulled cable: the peer
     hears nothing, not even a reset); `cut()` resets them (a crashed router).
+    `mute_replies()` drops what the target sends on the connections open now, and only on
+    them: their requests still reach it, their replies are lost.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -22,6 +24,8 @@ class TcpProxy:
         self._state = "open"  # "open", "reset" or "silent"
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._upstreams: set[socket.socket] = set()  # the target's side of each connection
+        self._muted: set[socket.socket] = set()  # upstreams whose bytes are dropped
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -36,9 +40,13 @@ class TcpProxy:
             if not silent:
                 self._close_all()
 
+    def mute_replies(self) -> None:
+        with self._lock:
+            self._muted = set(self._upstreams)
+
     def restore(self) -> None:
         with self._lock:
-            if self._state == "silent":
+            if self._state == "silent" or self._muted:
                 self._close_all()  # what was held back is gone, as after a real outage
             self._state = "open"
 
@@ -62,6 +70,8 @@ class TcpProxy:
             except OSError:
                 pass
         self._sockets.clear()
+        self._upstreams.clear()
+        self._muted.clear()
 
     def _accept(self) -> None:
         while not self._stopped:
@@ -82,6 +92,7 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, upstream))
+                self._upstreams.add(upstream)
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
@@ -95,6 +106,8 @@ class TcpProxy:
                     time.sleep(0.01)  # hold the bytes back, as a dead link would
                 if self._state == "reset" or source not in self._sockets:
                     break
+                if source in self._muted:
+                    continue  # a lost reply
                 if self.delay:
                     time.sleep(self.delay)
                 sink.sendall(data)

@@ -141,3 +141,42 @@ def test_a_sigterm_during_an_outage_stops_the_worker_gracefully_once_redis_is_ba
     assert code == 0, log
     assert "stuck" not in log
     assert backend.get_result(running.id).status == TaskResultStatus.SUCCESSFUL
+
+
+def test_a_stop_whose_interrupt_is_lost_with_a_reply_still_ends_the_wait_for_work(
+    redis_server, key_prefix, settings, tmp_path
+):
+    # An idle worker waits for work in BLPOP. A stop pushes an interrupt token, which that wait
+    # takes; but its reply is lost on the failing link. The wait's call, sent again as a lease
+    # alone, cannot tell, and waits for work once more: only another interrupt can end it.
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, **POOL_OPTIONS)
+    from django.tasks import task_backends
+
+    backend = task_backends["default"]
+    proxy = TcpProxy(redis_server.port)
+    env = pool_environment(proxy.url, key_prefix, tmp_path)
+    blocked = backend.client.info("clients")["blocked_clients"]  # the server is shared
+    args = ["--processes", "1", "--threads", "1", "--graceful-timeout", "60"]
+    pool = ChaosPool(0, args, env, tmp_path)
+
+    def waits() -> int:
+        return backend.client.info("clients")["blocked_clients"] - blocked
+
+    try:
+        wait_for(lambda: waits() == 1, timeout=30, what="the idle worker to wait for work")
+        proxy.mute_replies()  # the wait's link: what it sends arrives, its replies do not
+        pool.process.send_signal(signal.SIGTERM)  # the interrupt goes on a new connection
+        wait_for(lambda: waits() == 0, timeout=30, what="the wait to take the interrupt")
+        proxy.restore()  # the wait's connection fails: its call is sent again
+        stopped = time.monotonic()
+        code = pool.process.wait(timeout=30)
+        took = time.monotonic() - stopped
+    finally:
+        if pool.process.poll() is None:
+            pool.die()
+        proxy.stop()
+
+    log = (tmp_path / "pool-0-1.log").read_text()
+    assert code == 0, log
+    assert "graceful-timeout" not in log, log  # stopped on its own, not killed
+    assert took < 10, log

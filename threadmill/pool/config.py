@@ -14,6 +14,10 @@ TIMEOUT_GRACE = 2.0
 # queued, and `interrupt(worker_id)` when its process stops. No polling while idle.
 FETCH_TIMEOUT: float | None = None
 
+# Seconds between two interrupts of a stopping worker process's lease call, while it has not
+# returned (an interrupt can be lost with the reply of the wait that took it).
+INTERRUPT_REPEAT = 1.0
+
 # How a worker process publishes outcomes (see pool/process.py): at most HOLD_LIMIT held
 # unpublished in its scoreboard; sent once PUBLISH_BATCH are waiting, or the oldest has waited
 # HOLD_AGE seconds, or no more tasks are buffered, so that short tasks share a round trip.

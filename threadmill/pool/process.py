@@ -70,6 +70,7 @@ from threadmill.pool.config import (
     FETCH_TIMEOUT,
     HOLD_AGE,
     HOLD_LIMIT,
+    INTERRUPT_REPEAT,
     PUBLISH_BATCH,
     TICK_INTERVAL,
     TIMEOUT_GRACE,
@@ -276,12 +277,25 @@ class WorkerProcess:
             self.control.send(retiring=True)
 
     def _interrupt_lease(self) -> None:
-        try:
-            self.backend.interrupt(self.worker_id)  # a lease call may be waiting for work
-        except Exception:
-            # Unreachable backend: the lease call fails on its own, and its thread sees
-            # `stopping`.
-            logger.warning("Could not interrupt the lease call's wait", exc_info=True)
+        """Interrupt the wait for work of the lease call in flight, if any, and again every
+        INTERRUPT_REPEAT seconds until it has returned.
+
+        Once is not always enough: a wait whose reply is lost on a failing link may have
+        taken the interrupt with it, and the call, resent as a lease alone, cannot tell and
+        waits for work again. (No new lease call starts once `stopping` is set.)
+        """
+        warned = False
+        while True:
+            with self.lock:
+                if not self.leasing:
+                    return
+            try:
+                self.backend.interrupt(self.worker_id)
+            except Exception:
+                if not warned:  # an outage: the call in flight waits for it to end as well
+                    logger.warning("Could not interrupt the lease call's wait", exc_info=True)
+                    warned = True
+            time.sleep(INTERRUPT_REPEAT)
 
     # --- pool threads -----------------------------------------------------------------------
 
