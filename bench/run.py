@@ -716,7 +716,9 @@ def calibrate(quick: bool, repeats: int = 3000) -> dict:
 
 
 def best_calibration(measured: list[dict]) -> dict:
-    """The best each floor was seen at: the highest rates and ratios, the least CPU and time."""
+    """The best each floor was seen at: the highest rates, the least CPU and time."""
+    import floors  # bench/floors.py
+
     best: dict = {"measurements": len(measured)}
     for key in dict.fromkeys(key for one in measured for key in one):
         values = [one[key] for one in measured if key in one]
@@ -724,7 +726,7 @@ def best_calibration(measured: list[dict]) -> dict:
             best[key] = best_calibration(values)
             del best[key]["measurements"]
         elif isinstance(values[0], dict) and "ratio" in values[0]:
-            best[key] = max(values, key=lambda value: value["ratio"])  # one pair, as measured
+            best[key] = floors.best_scaling(values)
         elif isinstance(values[0], dict):
             names = dict.fromkeys(name for value in values for name in value)
             best[key] = {
