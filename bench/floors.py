@@ -76,25 +76,39 @@ def timed(call, loops: int = LOOPS) -> dict:
 def wake_latencies(count: int) -> list[float]:
     """Seconds from RPUSH in this process to BLPOP's return in a child, idle in between."""
     r = bench_common.client()
+    return pickups(
+        count,
+        "floors:wake",
+        lambda: r.rpush("floors:wake", repr(time.time())),
+        lambda child, stamp: child.rpush(bench_common.LATENCY, repr(time.time() - float(stamp))),
+    )
+
+
+def pickups(count: int, wait_key: str, send, handle) -> list[float]:
+    """`count` delays, idle 50-150 ms before each as in the pickup figure: `send()` pushes one
+    item to `wait_key`; a child blocked in BLPOP on it calls `handle(its client, the item)`,
+    which pushes the delay to bench_common.LATENCY."""
+    r = bench_common.client()
+    r.delete(wait_key, bench_common.LATENCY)
     pid = os.fork()
     if pid == 0:
         try:
             child = __import__("redis").Redis.from_url(os.environ["BENCH_REDIS_URL"])
             for _ in range(count):
-                popped = child.blpop(["floors:wake"], timeout=30)
+                popped = child.blpop([wait_key], timeout=30)
                 if popped is None:
                     break
-                child.rpush("floors:latency", repr(time.time() - float(popped[1])))
+                handle(child, popped[1])
         finally:
             os._exit(0)
     found = []
     try:
         for _ in range(count):
             time.sleep(random.uniform(0.05, 0.15))
-            r.rpush("floors:wake", repr(time.time()))
-            reply = r.blpop(["floors:latency"], timeout=30)
+            send()
+            reply = r.blpop([bench_common.LATENCY], timeout=30)
             if reply is None:
-                raise SystemExit("a wake-up of the floor did not come within 30 s")
+                raise SystemExit(f"a pickup from {wait_key} did not start within 30 s")
             found.append(float(reply[1]))
     finally:
         reap(pid)
@@ -173,35 +187,17 @@ def queue_loop(r, bench_task, pushes) -> dict:
     }
 
 
-def django_wakes(count: int, r, bench_task, pushes) -> list[float]:
+def django_wakes(count: int, bench_task, pushes) -> list[float]:
     """Seconds from `Task.enqueue` (pushing the payload) to the task's start in a child
     blocked in BLPOP, idle in between as in the pickup figure."""
     from threadmill.execution import execute
 
-    r.delete(TASKS, bench_common.LATENCY)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            child = __import__("redis").Redis.from_url(os.environ["BENCH_REDIS_URL"])
-            for _ in range(count):
-                popped = child.blpop([TASKS], timeout=30)
-                if popped is None:
-                    break
-                execute(leased_result(popped[1]), type(pushes))
-        finally:
-            os._exit(0)
-    found = []
-    try:
-        for _ in range(count):
-            time.sleep(random.uniform(0.05, 0.15))
-            pushes.enqueue(bench_task, ("latency", 0, time.time()), {})
-            reply = r.blpop([bench_common.LATENCY], timeout=30)
-            if reply is None:
-                raise SystemExit("a pickup of the floor did not start within 30 s")
-            found.append(float(reply[1]))
-    finally:
-        reap(pid)
-    return found
+    return pickups(
+        count,
+        TASKS,
+        lambda: pushes.enqueue(bench_task, ("latency", 0, time.time()), {}),
+        lambda child, raw: execute(leased_result(raw), type(pushes)),
+    )
 
 
 def reap(pid: int) -> None:
@@ -314,7 +310,7 @@ def main() -> None:
         lambda: timed(lambda: pushes.enqueue(bench_task, ("noop", 0, 0.0), {}))
     )
     floors["queue_loop"] = best_of(lambda: queue_loop(r, bench_task, pushes))
-    floors["django_wake"] = percentiles_ms(django_wakes(WAKES, r, bench_task, pushes))
+    floors["django_wake"] = percentiles_ms(django_wakes(WAKES, bench_task, pushes))
     floors["execute_scaling"] = best_scaling(
         [execute_scaling(lambda: execute(leased, type(backend))) for _ in range(REPEATS)]
     )

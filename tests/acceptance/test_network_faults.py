@@ -25,6 +25,13 @@ def wait_drained(backend, timeout: float) -> None:
     )
 
 
+def _end(pool: ChaosPool, proxy: TcpProxy) -> None:
+    """Kill a pool the test did not see stop, and close the proxy."""
+    if pool.process.poll() is None:
+        pool.die()
+    proxy.stop()
+
+
 def test_cuts_stalls_and_delays_lose_nothing_and_never_run_a_task_twice_at_once(
     redis_server, key_prefix, settings, tmp_path
 ):
@@ -133,9 +140,7 @@ def test_a_sigterm_during_an_outage_stops_the_worker_gracefully_once_redis_is_ba
         go.touch()
         code = pool.process.wait(timeout=60)
     finally:
-        if pool.process.poll() is None:
-            pool.die()
-        proxy.stop()
+        _end(pool, proxy)
 
     log = (tmp_path / "pool-0-1.log").read_text()
     assert code == 0, log
@@ -172,9 +177,7 @@ def test_a_stop_whose_interrupt_is_lost_with_a_reply_still_ends_the_wait_for_wor
         code = pool.process.wait(timeout=30)
         took = time.monotonic() - stopped
     finally:
-        if pool.process.poll() is None:
-            pool.die()
-        proxy.stop()
+        _end(pool, proxy)
 
     log = (tmp_path / "pool-0-1.log").read_text()
     assert code == 0, log
