@@ -124,12 +124,17 @@ def percentiles_ms(latencies: list[float]) -> dict:
 
 
 def best_of(measure) -> dict:
-    """The best of REPEATS measurements (the highest rate, the least CPU): a floor is what the
-    machine allows at best."""
-    measured = [measure() for _ in range(REPEATS)]
+    """The best of REPEATS measurements: a floor is what the machine allows at best."""
+    return best_figures([measure() for _ in range(REPEATS)])
+
+
+def best_figures(measured: list[dict]) -> dict:
+    """The best each figure was seen at: the highest rate, the least CPU or time (a figure
+    missing from some measurements is taken from the others)."""
+    names = dict.fromkeys(name for one in measured for name in one)
     return {
-        name: (max if name == "rate" else min)(one[name] for one in measured)
-        for name in measured[0]
+        name: (max if name == "rate" else min)(one[name] for one in measured if name in one)
+        for name in names
     }
 
 

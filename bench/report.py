@@ -370,10 +370,10 @@ LEAST_QUEUE = (
     "the least a Redis queue does for Django tasks (one LPOP per 16 tasks, their results stored "
     "in one round trip, no lease, nothing durable), in one thread,"
 )
-LEAST_PICKUP = (
-    "the least a Django worker on Redis does (`Task.enqueue` pushing the payload, BLPOP, the "
-    "TaskResult built and run as a Django task) takes"
+PICKUP_STEPS = (
+    "(`Task.enqueue` pushing the payload, BLPOP, the TaskResult built and run as a Django task)"
 )
+LEAST_PICKUP = f"the least a Django worker on Redis does {PICKUP_STEPS} takes"
 
 
 def execute_scaling(measured: dict | None) -> str:
@@ -467,8 +467,7 @@ def floors_section(calibration: dict) -> list[str]:
         *(
             [
                 "",
-                "The least a Django worker on Redis does for one idle pickup (`Task.enqueue` "
-                "pushing the payload, BLPOP, the TaskResult built and run as a Django task): "
+                f"The least a Django worker on Redis does for one idle pickup {PICKUP_STEPS}: "
                 f"{django_wake['p50_ms']:.2f} ms (p50), {django_wake['p95_ms']:.2f} ms (p95).",
             ]
             if django_wake

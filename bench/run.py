@@ -728,13 +728,7 @@ def best_calibration(measured: list[dict]) -> dict:
         elif isinstance(values[0], dict) and "ratio" in values[0]:
             best[key] = floors.best_scaling(values)
         elif isinstance(values[0], dict):
-            names = dict.fromkeys(name for value in values for name in value)
-            best[key] = {
-                name: (max if name == "rate" else min)(
-                    value[name] for value in values if name in value
-                )
-                for name in names
-            }
+            best[key] = floors.best_figures(values)
         else:
             best[key] = min(values)  # the reporting round trip's µs
     return best
