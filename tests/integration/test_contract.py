@@ -19,6 +19,7 @@ from threadmill.exceptions import InvalidReturnValue, InvalidTaskPath
 from threadmill.outcomes import failed as failed_with
 
 WORKER = "testhost:1:main"
+QUEUES = ("default", "high", "low")
 
 
 def succeed(task_result, value):
@@ -111,6 +112,21 @@ def test_acknowledge_many_publishes_each_result_on_its_own_lease(backend):
     assert backend.acknowledge_many(results) == [True, True, False]
     assert backend.get_result(ids[0]).return_value == 0
     assert backend.get_result(ids[1]).status == TaskResultStatus.FAILED
+    assert backend.get_result(ids[2]).status == TaskResultStatus.RUNNING
+
+
+def test_acknowledge_many_answers_in_order_for_results_of_several_queues(backend):
+    queues = ["low", "default", "low", "high", "default"]
+    ids = [tasks.add.using(queue_name=queue).enqueue(i, 0).id for i, queue in enumerate(queues)]
+    by_id = {r.id: r for r in backend.acquire_many(*QUEUES, count=5, timeout=1, worker_id=WORKER)}
+    assert sorted(by_id) == sorted(ids)
+    stale = by_id[ids[2]]
+    object.__setattr__(stale, "worker_ids", ["someone:else:1"])
+    results = [succeed(by_id[task_id], i) for i, task_id in enumerate(ids)]
+    assert backend.acknowledge_many(results) == [True, True, False, True, True]
+    assert [backend.get_result(task_id).return_value for task_id in ids[:2] + ids[3:]] == [
+        0, 1, 3, 4,
+    ]  # fmt: skip
     assert backend.get_result(ids[2]).status == TaskResultStatus.RUNNING
 
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from django.core import checks
@@ -379,91 +379,60 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                 "traceback": f"threadmill.exceptions.InvalidTaskPath: {error}\n",
             }
         )
-        queue_name = json.loads(stored.payload).get("queue_name", "")
-        keys, args = self._acknowledge_call(
+        final = _Final(
             stored.id,
-            queue_name,
             _token(len(worker_ids), worker_ids[-1]),
             "FAILED",
             b"",
             json.dumps(errors).encode(),
-            by_holder=False,
+            json.loads(stored.payload).get("queue_name", ""),
         )
-        self._acknowledged(args, self._run("acknowledge", keys, args))
+        self._acknowledge([final], by_holder=False)
 
     # --- ending a lease ---------------------------------------------------------------------
 
     def acknowledge(self, task_result: TaskResult, *, by_holder: bool = True) -> bool:
-        keys, args = self._acknowledgement(task_result, by_holder)
-        return self._acknowledged(args, self._run("acknowledge", keys, args))
+        return self._acknowledge([_final(task_result)], by_holder)[0]
 
     def acknowledge_many(self, task_results: list[TaskResult]) -> list[bool]:
         """Acknowledge several leased tasks in one round trip (each on its own lease)."""
         # Encode everything first: a return value that cannot be stored raises before any
         # result is written.
-        calls = [self._acknowledgement(result, True) for result in task_results]
+        return self._acknowledge([_final(result) for result in task_results], True)
+
+    def _acknowledge(self, finals: list["_Final"], by_holder: bool) -> list[bool]:
+        """Publish final results, one script call per queue among them, all in one round trip;
+        answer, in order, whether each was recorded (False: its lease had ended)."""
+        by_queue: dict[str, list[int]] = {}
+        for i, final in enumerate(finals):
+            by_queue.setdefault(final.queue_name, []).append(i)
+        calls = []
+        for queue_name, indices in by_queue.items():
+            keys = [
+                self.key("tasks"),
+                self.queue_keys(queue_name)[2],
+                self.key("pool_leases"),
+                self.key("expiry"),
+            ]
+            args: list = [self.result_ttl, "holder" if by_holder else "settler"]
+            for i in indices:
+                args.extend(finals[i][:5])
+            calls.append((keys, args))
+        recorded = [False] * len(finals)
         replies = self._run_many("acknowledge", calls)
-        return [
-            self._acknowledged(args, reply) for (_, args), reply in zip(calls, replies, strict=True)
-        ]
-
-    def _acknowledgement(self, task_result: TaskResult, by_holder: bool) -> tuple[list, list]:
-        """The keys and arguments of acknowledge.lua for a finished task result."""
-        if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
-            raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
-        return_value = b""
-        if task_result.status == TaskResultStatus.SUCCESSFUL:
-            return_value = encode_return_value(task_result._return_value)
-        return self._acknowledge_call(
-            task_result.id,
-            task_result.task.queue_name,
-            lease_token(task_result),
-            task_result.status.value,
-            return_value,
-            encode_errors(task_result.errors),
-            by_holder,
-        )
-
-    def _acknowledge_call(
-        self,
-        task_id: str,
-        queue_name: str,
-        token: str,
-        status: str,
-        value: bytes,
-        errors: bytes,
-        by_holder: bool,
-    ) -> tuple[list, list]:
-        keys = [
-            self.key("tasks"),
-            self.queue_keys(queue_name)[2],
-            self.key("pool_leases"),
-            self.key("expiry"),
-        ]
-        args = [
-            task_id,
-            token,
-            status,
-            value,
-            errors,
-            self.result_ttl,
-            "holder" if by_holder else "settler",
-        ]
-        return keys, args
-
-    def _acknowledged(self, args: list, reply: list) -> bool:
-        outcome, detail = reply
-        if outcome == 0:
-            task_id, token = args[0], args[1]
-            logger.warning(
-                "Late result of task %s discarded: its lease (attempt %s) had ended; "
-                "the recorded status %s stands",
-                task_id,
-                token.replace("\t", " by "),
-                _text(detail) or "(trimmed)",
-            )
-            return False
-        return True
+        for indices, reply in zip(by_queue.values(), replies, strict=True):
+            for n, i in enumerate(indices):
+                outcome, detail = reply[2 * n], reply[2 * n + 1]
+                recorded[i] = outcome != 0
+                if outcome == 0:
+                    logger.warning(
+                        "Late result of task %s discarded: its lease (attempt %s) had ended; "
+                        "the recorded status %s stands",
+                        finals[i].task_id,
+                        finals[i].token.replace("\t", " by "),
+                        _text(detail) or "(trimmed)",
+                    )
+        return recorded
 
     def release(self, task_result: TaskResult) -> bool:
         ready, _, running, wake = self.queue_keys(task_result.task.queue_name)
@@ -657,6 +626,35 @@ def _block_for(deadline: float | None, due: float | None) -> float | None:
 
 def _token(attempts: int, worker_id: str) -> str:
     return f"{attempts}\t{worker_id}"
+
+
+class _Final(NamedTuple):
+    """A final result as acknowledge.lua takes it: its first five fields, in this order, are
+    the script's arguments for one task."""
+
+    task_id: str
+    token: str
+    status: str
+    value: bytes
+    errors: bytes
+    queue_name: str
+
+
+def _final(task_result: TaskResult) -> _Final:
+    """A finished task result, encoded for acknowledge.lua (raises if it cannot be stored)."""
+    if task_result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+        raise ValueError(f"Only a finished task can be acknowledged, not {task_result.status}.")
+    value = b""
+    if task_result.status == TaskResultStatus.SUCCESSFUL:
+        value = encode_return_value(task_result._return_value)
+    return _Final(
+        task_result.id,
+        lease_token(task_result),
+        task_result.status.value,
+        value,
+        encode_errors(task_result.errors),
+        task_result.task.queue_name,
+    )
 
 
 class _ReportingOutage:

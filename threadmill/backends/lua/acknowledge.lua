@@ -1,41 +1,51 @@
--- Publish the final result of a leased task and end its lease, if the caller still holds it.
+-- Publish the final results of leased tasks of one queue, each only if its caller still holds
+-- its lease. One call for many tasks: a script call costs the server more than a task's work.
 -- KEYS[1] tasks        hash: "<id>.<field>" -> value
--- KEYS[2] running      zset: id -> lease expiry, of the task's queue
+-- KEYS[2] running      zset: id -> lease expiry, of the tasks' queue
 -- KEYS[3] pool_leases  zset: "<pool id>\t<id>"
 -- KEYS[4] expiry       zset: id -> when its finished result may be trimmed (seconds)
--- ARGV[1] id
--- ARGV[2] lease token "<attempts>\t<worker id>" of the caller
--- ARGV[3] final status: SUCCESSFUL or FAILED
--- ARGV[4] return value, JSON bytes stored as they are ("" when FAILED)
--- ARGV[5] errors, the task's whole list as JSON
--- ARGV[6] result time to live, seconds
--- ARGV[7] "holder" when the lease holder itself reports, "settler" when someone else ends the
---         lease for it (maintenance, the arbiter); only a holder's repeat is recognised
--- Returns {1, finished_at} when recorded, {2, finished_at} when this holder had recorded it
--- already (a retried call), {0, status} when the lease is held by nobody or someone else.
-local tasks, id, token = KEYS[1], ARGV[1], ARGV[2]
-local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.status', id .. '.final_lease',
-  id .. '.finished_at')
-if not f[1] or string.sub(f[1], 1, #token + 1) ~= token .. '\t' then
-  if f[3] == token .. '\tholder' and ARGV[7] == 'holder' then
-    return {2, f[4]}
-  end
-  return {0, f[2] or ''}
-end
+-- ARGV[1] result time to live, seconds
+-- ARGV[2] "holder" when the lease holders themselves report, "settler" when someone else ends
+--         the leases for them (maintenance, the arbiter); only a holder's repeat is recognised
+-- then five per task, from ARGV[3]:
+--   id; lease token "<attempts>\t<worker id>" of the caller; final status, SUCCESSFUL or
+--   FAILED; return value, JSON bytes stored as they are ("" when FAILED); errors, the task's
+--   whole list as JSON
+-- Returns two values per task, in the order given: 1, finished_at when recorded; 2,
+-- finished_at when this holder had recorded it already (a retried call); 0, status when the
+-- lease is held by nobody or someone else.
+local tasks, role = KEYS[1], ARGV[2]
 local clock = redis.call('TIME')
 local now_number = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local now = string.format('%.6f', now_number)
-local pool = string.sub(f[1], #token + 2)
-redis.call('HSET', tasks, id .. '.status', ARGV[3], id .. '.finished_at', now,
-  id .. '.errors', ARGV[5], id .. '.final_lease', token .. '\t' .. ARGV[7])
-if ARGV[3] == 'SUCCESSFUL' then
-  redis.call('HSET', tasks, id .. '.return_value', ARGV[4])
+local trim_at = string.format('%.6f', now_number + tonumber(ARGV[1]))
+local reply = {}
+for i = 3, #ARGV, 5 do
+  local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.status', id .. '.final_lease',
+    id .. '.finished_at')
+  if f[1] and string.sub(f[1], 1, #token + 1) == token .. '\t' then
+    local pool = string.sub(f[1], #token + 2)
+    redis.call('HSET', tasks, id .. '.status', status, id .. '.finished_at', now,
+      id .. '.errors', ARGV[i + 4], id .. '.final_lease', token .. '\t' .. role)
+    if status == 'SUCCESSFUL' then
+      redis.call('HSET', tasks, id .. '.return_value', ARGV[i + 3])
+    end
+    redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
+      id .. '.previous_worker_ids')
+    redis.call('ZREM', KEYS[2], id)
+    if pool ~= '' then
+      redis.call('ZREM', KEYS[3], pool .. '\t' .. id)
+    end
+    redis.call('ZADD', KEYS[4], trim_at, id)
+    table.insert(reply, 1)
+    table.insert(reply, now)
+  elseif f[3] == token .. '\tholder' and role == 'holder' then
+    table.insert(reply, 2)
+    table.insert(reply, f[4])
+  else
+    table.insert(reply, 0)
+    table.insert(reply, f[2] or '')
+  end
 end
-redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
-  id .. '.previous_worker_ids')
-redis.call('ZREM', KEYS[2], id)
-if pool ~= '' then
-  redis.call('ZREM', KEYS[3], pool .. '\t' .. id)
-end
-redis.call('ZADD', KEYS[4], string.format('%.6f', now_number + tonumber(ARGV[6])), id)
-return {1, now}
+return reply
