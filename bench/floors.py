@@ -24,9 +24,11 @@ so each is faster than a durable queue can be. Rates and CPU are the best of REP
 
 - `queue_loop`: one thread drains no-op tasks in batches of BATCH: one LPOP brings BATCH
   payloads, each becomes its TaskResult and runs as a Django task, and one pipelined round
-  trip stores the BATCH results. Its CPU per task bounds one process's throughput however its
-  threads hide their waits (Python runs on one core at a time); `user_us` is the part spent
-  out of the kernel, where the GIL is held;
+  trip stores the BATCH results. `user_us` is the CPU per task spent out of the kernel, where
+  the GIL is held: Python runs on one core at a time in a process, so it bounds one
+  process's rate however its threads hide their waits. `queue_loop_N_threads`: the same in N
+  threads of one process sharing the work, which hide one another's waits but take turns
+  at the GIL;
 - `push_enqueue`: `Task.enqueue` on a backend that does what Django asks, encodes the payload
   and RPUSHes it: one round trip, no id check, no status. The floor of enqueue;
 - `django_wake`: idle pickup through that enqueue and a process blocked in BLPOP that builds
@@ -49,6 +51,7 @@ import resource
 import signal
 import statistics
 import sys
+import threading
 import time
 
 import bench_common
@@ -59,6 +62,7 @@ WAKES = 10 if QUICK else 100
 REPEATS = 1 if QUICK else 3
 BATCH = 16
 QUEUE_TASKS = 500 if QUICK else 10_000
+QUEUE_THREADS = (2, 4)
 SCALING_SECONDS = 0.3 if QUICK else 2.0
 
 
@@ -154,6 +158,7 @@ def pushes_payload(stores_nothing_class, r):
 
 
 TASKS = "floors:tasks"
+RESULTS = "floors:results"
 
 
 def leased_result(raw: bytes):
@@ -164,30 +169,37 @@ def leased_result(raw: bytes):
     return to_task_result(StoredTask(task_id.decode(), payload, "RUNNING"), "floors")
 
 
-def queue_loop(r, bench_task, pushes) -> dict:
-    """Drain QUEUE_TASKS pushed tasks in batches of BATCH, in this thread: rate, CPU per task
-    (user + system, and user alone)."""
+def queue_loop(r, bench_task, pushes, threads: int = 1) -> dict:
+    """Drain QUEUE_TASKS pushed tasks in batches of BATCH, in `threads` threads side by side:
+    rate, CPU per task of the process (user + system, and user alone)."""
     from threadmill.execution import execute
 
-    r.delete(TASKS)
+    r.delete(TASKS, RESULTS)
     for _ in range(QUEUE_TASKS):
         pushes.enqueue(bench_task, ("noop", 0, 0.0), {})
-    user = resource.getrusage(resource.RUSAGE_THREAD).ru_utime
-    cpu, wall = time.thread_time(), time.perf_counter()
-    done = 0
-    while done < QUEUE_TASKS:
-        finished = [execute(leased_result(raw), type(pushes))
-                    for raw in r.lpop(TASKS, BATCH)]  # fmt: skip
-        pipe = r.pipeline(transaction=False)
-        for result in finished:
-            pipe.hset("floors:results", result.id, "null")
-        pipe.execute()
-        done += len(finished)
+
+    def drain() -> None:
+        while raws := r.lpop(TASKS, BATCH):
+            finished = [execute(leased_result(raw), type(pushes)) for raw in raws]
+            pipe = r.pipeline(transaction=False)
+            for result in finished:
+                pipe.hset(RESULTS, result.id, "null")
+            pipe.execute()
+
+    drains = [threading.Thread(target=drain) for _ in range(threads)]
+    user = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    cpu, wall = time.process_time(), time.perf_counter()
+    for thread in drains:
+        thread.start()
+    for thread in drains:
+        thread.join()
     wall = time.perf_counter() - wall
-    user = resource.getrusage(resource.RUSAGE_THREAD).ru_utime - user
+    user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - user
+    done = r.hlen(RESULTS)
+    r.delete(RESULTS)
     return {
         "rate": done / wall,
-        "cpu_us": (time.thread_time() - cpu) / done * 1e6,
+        "cpu_us": (time.process_time() - cpu) / done * 1e6,
         "user_us": user / done * 1e6,
     }
 
@@ -315,6 +327,10 @@ def main() -> None:
         lambda: timed(lambda: pushes.enqueue(bench_task, ("noop", 0, 0.0), {}))
     )
     floors["queue_loop"] = best_of(lambda: queue_loop(r, bench_task, pushes))
+    for threads in QUEUE_THREADS:
+        floors[f"queue_loop_{threads}_threads"] = best_of(
+            lambda threads=threads: queue_loop(r, bench_task, pushes, threads)
+        )
     floors["django_wake"] = percentiles_ms(django_wakes(WAKES, bench_task, pushes))
     floors["execute_scaling"] = best_scaling(
         [execute_scaling(lambda: execute(leased, type(backend))) for _ in range(REPEATS)]
