@@ -58,17 +58,7 @@ class TcpProxy:
 
     def _close_all(self) -> None:
         for sock in self._sockets:
-            try:
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-                # Shut down first: a close alone leaves the socket open while a pump thread is
-                # blocked reading it, and the peer would hear nothing until its own timeout.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            except OSError:
-                pass
+            _close(sock, reset=True)
         self._sockets.clear()
         self._upstreams.clear()
         self._muted.clear()
@@ -114,6 +104,25 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.close()
+            # Under the lock: _close_all must not shut down a socket number that a close here
+            # has just freed for a new connection.
+            with self._lock:
+                for sock in (source, sink):
+                    _close(sock)
+
+
+def _close(sock: socket.socket, reset: bool = False) -> None:
+    """Close a socket so that its peer hears of it at once: with a reset (`reset`), else with
+    an end of stream.
+
+    Shut down first: a close alone leaves the socket open while the other pump thread of its
+    connection is blocked reading it, and the peer would wait for a reply for ever.
+    """
+    with contextlib.suppress(OSError):
+        if reset:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
