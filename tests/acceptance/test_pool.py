@@ -1,5 +1,6 @@
 """`manage.py threadmill` as a subprocess, against a real Redis, with real signals and crashes."""
 
+import contextlib
 import json
 import os
 import re
@@ -404,3 +405,35 @@ def test_badly_written_tasks_fail_and_their_worker_lives_on(start_pool, finished
     assert "not JSON serializable" in not_json.errors[-1].traceback
     assert finished(pool_tasks.pid.enqueue()).return_value == worker
     assert pool.workers() == {worker}
+
+
+def test_a_worker_process_keeps_a_few_redis_connections_however_many_threads_it_runs(
+    start_pool, finished, redis_server
+):
+    # The pool threads take turns at leasing; each would otherwise keep a connection of its
+    # own, and a pool of many threads would use up the server's clients for nothing.
+    pool = start_pool("--processes", "1", "--threads", "8", "--prefetch", "0")
+    (worker,) = pool.booted_workers(1)
+    results = [pool_tasks.sleep_then_pid.enqueue(0.01) for _ in range(300)]
+    for result in results:
+        finished(result, timeout=60)
+    held = _connections_to(worker, redis_server.port)
+    assert held <= 4
+
+
+def _connections_to(pid: int, port: int) -> int:
+    """TCP connections that process `pid` holds open to `port` on this machine."""
+    sockets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                sockets.add(target[len("socket:[") : -1])
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            established = fields[3] == "01"
+            if established and int(fields[2].split(":")[1], 16) == port and fields[9] in sockets:
+                count += 1
+    return count

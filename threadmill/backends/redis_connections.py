@@ -1,19 +1,21 @@
-"""One Redis connection per thread, held for the thread's life: a call is one send, one read.
+"""Redis connections kept open between calls: a call is one send, one read.
 
 redis-py's client takes a connection from its pool for every command, checks its health and
 gives it back; on a machine where system calls are dear that costs more than the round trip
 itself (measured here: ~120 µs a PING through the client, ~30 µs on a held connection). The
-backend's hot calls (enqueue, lease, wait, acknowledge) go through a connection each thread
-holds instead. Reconnecting, retrying with backoff and parsing stay redis-py's.
+backend's hot calls (enqueue, lease, wait, acknowledge) borrow a connection that no other
+call uses meanwhile, and give it back as it is. So a process keeps as many connections as it
+ever ran calls at once, not one per thread: a pool's threads take turns at leasing, and a web
+server's threads enqueue now and then. Reconnecting, retrying with backoff and parsing stay
+redis-py's.
 
 Fork: a child must not use its parent's socket. A fork bumps `_generation` (in the child), and
-a thread whose connection is of an older generation opens a new one; the old one is dropped
-without a word to the server (redis-py only shuts a socket down in the process that opened it).
+a connection of an older generation is never lent; it is dropped without a word to the server
+(redis-py only shuts a socket down in the process that opened it).
 """
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,12 +49,14 @@ class Script:
 
 
 class HeldConnections:
-    """Connections to the server of `client`, one held by each thread that calls."""
+    """Connections to the server of `client`, each lent to one call at a time."""
 
     def __init__(self, client: Redis, retry: Retry) -> None:
         self._pool = client.connection_pool
         self._retry = retry
-        self._local = threading.local()
+        # Connections no call uses now, with the fork generation they were opened in. A list's
+        # append and pop are atomic: no lock that a fork could leave held.
+        self._idle: list[tuple[AbstractConnection, int]] = []
 
     def call(self, *command: Any, timeout: float | None = None) -> Any:
         """Send one command and return its reply; a blocking command passes its `timeout`."""
@@ -98,24 +102,30 @@ class HeldConnections:
         return self._with_retries(attempt)
 
     def _with_retries(self, attempt: Callable[[AbstractConnection], Any]) -> Any:
-        return self._retry.call_with_retry(
-            lambda: attempt(self._connection()), lambda error: self._drop()
-        )
+        connection = self._borrow()
 
-    def _connection(self) -> AbstractConnection:
-        local = self._local
-        connection = getattr(local, "connection", None)
-        if connection is None or local.generation != _generation:
-            connection = self._pool.make_connection()
-            local.connection, local.generation = connection, _generation
-        return connection
+        def failed(error: Exception) -> None:
+            connection.disconnect()  # the retry connects it again
 
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            if self._local.generation == _generation:
-                connection.disconnect()
-            self._local.connection = None
+        try:
+            return self._retry.call_with_retry(lambda: attempt(connection), failed)
+        except BaseException:
+            # Cut short (an error not retried, or an exception raised in this thread, such as
+            # a task's timeout), the call may have left a reply unread: the next call to use
+            # the connection must start on a fresh one.
+            connection.disconnect()
+            raise
+        finally:
+            self._idle.append((connection, _generation))
+
+    def _borrow(self) -> AbstractConnection:
+        while True:
+            try:
+                connection, generation = self._idle.pop()
+            except IndexError:
+                return self._pool.make_connection()
+            if generation == _generation:
+                return connection
 
 
 def _evalsha(
