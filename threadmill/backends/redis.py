@@ -177,12 +177,12 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
 
     @cached_property
     def _held(self) -> HeldConnections:
-        """Per-thread connections for enqueue and reads (fail fast, like `client`)."""
+        """Connections lent per call, for enqueue and reads (fail fast, like `client`)."""
         return HeldConnections(self.client, self.client.get_retry())
 
     @cached_property
     def _worker_held(self) -> HeldConnections:
-        """Per-thread connections for the pool's calls (ride out outages)."""
+        """Connections lent per call, for the pool's calls (ride out outages)."""
         return HeldConnections(self.worker_client, self.worker_client.get_retry())
 
     def _run(self, name: str, keys: list, args: list, *, worker: bool = True) -> Any:
