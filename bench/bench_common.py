@@ -31,6 +31,14 @@ def client():
     return _client
 
 
+def machine_idle() -> tuple[int, int]:
+    """(idle, all) clock ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal; guest time is counted in user already.
+    return ticks[3] + ticks[4], sum(ticks[:8])
+
+
 def run(kind: str, total: int, stamp: float) -> None:
     """The task body: `noop` is one INCR; `burn` adds ~5 ms of CPU; `latency` records its delay.
 

@@ -34,10 +34,12 @@ so each is faster than a durable queue can be. Rates and CPU are the best of REP
 - `django_wake`: idle pickup through that enqueue and a process blocked in BLPOP that builds
   the TaskResult and runs it as a Django task; the task notes enqueue -> start as in the
   pickup figure (WAKES pickups). The floor of idle pickup;
-- `execute_scaling`: the Django task with no queue at all (`execute`) in a loop, in one
-  process, then in two side by side (the best rate of each): what a second process
-  adds on these cores to work with no queue. Shown for information: a ratio bounds no other
-  ratio (a queue that costs the worker more leaves Redis a smaller share of the cores).
+- `queue_scaling`: the least queue drained by one process, then by two side by side, each
+  in one thread (the best rate of each): what a second process adds on these cores to a queue
+  that makes the same INCR round trip per task as every worker, but asks almost nothing more
+  of Redis. With two, how idle the machine stayed and how much CPU Redis spent per task.
+  Shown for information: a ratio bounds no other ratio (a worker that waits more per task
+  leaves more room for a second one).
 
 Like Django's own backends, these enqueues validate the task again (2-3 µs); and `execute`
 closes the connections a task left unusable, as a worker must (none here).
@@ -63,7 +65,6 @@ REPEATS = 1 if QUICK else 3
 BATCH = 16
 QUEUE_TASKS = 500 if QUICK else 10_000
 QUEUE_THREADS = (2, 4)
-SCALING_SECONDS = 0.3 if QUICK else 2.0
 
 
 def timed(call, loops: int = LOOPS) -> dict:
@@ -172,21 +173,9 @@ def leased_result(raw: bytes):
 def queue_loop(r, bench_task, pushes, threads: int = 1) -> dict:
     """Drain QUEUE_TASKS pushed tasks in batches of BATCH, in `threads` threads side by side:
     rate, CPU per task of the process (user + system, and user alone)."""
-    from threadmill.execution import execute
+    push_tasks(r, bench_task, pushes)
 
-    r.delete(TASKS, RESULTS)
-    for _ in range(QUEUE_TASKS):
-        pushes.enqueue(bench_task, ("noop", 0, 0.0), {})
-
-    def drain() -> None:
-        while raws := r.lpop(TASKS, BATCH):
-            finished = [execute(leased_result(raw), type(pushes)) for raw in raws]
-            pipe = r.pipeline(transaction=False)
-            for result in finished:
-                pipe.hset(RESULTS, result.id, "null")
-            pipe.execute()
-
-    drains = [threading.Thread(target=drain) for _ in range(threads)]
+    drains = [threading.Thread(target=drain, args=(r, pushes)) for _ in range(threads)]
     user = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     cpu, wall = time.process_time(), time.perf_counter()
     for thread in drains:
@@ -202,6 +191,25 @@ def queue_loop(r, bench_task, pushes, threads: int = 1) -> dict:
         "cpu_us": (time.process_time() - cpu) / done * 1e6,
         "user_us": user / done * 1e6,
     }
+
+
+def push_tasks(r, bench_task, pushes) -> None:
+    r.delete(TASKS, RESULTS)
+    for _ in range(QUEUE_TASKS):
+        pushes.enqueue(bench_task, ("noop", 0, 0.0), {})
+
+
+def drain(r, pushes) -> None:
+    """The least queue's worker: take BATCH tasks, run them, store their results; until none
+    is left."""
+    from threadmill.execution import execute
+
+    while raws := r.lpop(TASKS, BATCH):
+        finished = [execute(leased_result(raw), type(pushes)) for raw in raws]
+        pipe = r.pipeline(transaction=False)
+        for result in finished:
+            pipe.hset(RESULTS, result.id, "null")
+        pipe.execute()
 
 
 def django_wakes(count: int, bench_task, pushes) -> list[float]:
@@ -224,44 +232,68 @@ def reap(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def execute_scaling(call) -> dict:
-    """Calls/s of `call` looped in one process, then in two side by side, and their ratio."""
+def queue_scaling(r, bench_task, pushes) -> dict:
+    """The least queue's rate drained by one process, then by two side by side, and their
+    ratio; with two, the machine's idle share and Redis's CPU per task."""
+    one, two = (
+        drain_in_processes(r, bench_task, pushes, 1),
+        drain_in_processes(r, bench_task, pushes, 2),
+    )
+    return {
+        "one": one["rate"],
+        "two": two["rate"],
+        "ratio": two["rate"] / one["rate"],
+        "idle": two["idle"],
+        "redis_us": two["redis_us"],
+    }
 
-    def rate(processes: int) -> float:
-        read, write = os.pipe()
-        start = time.time() + 0.2  # both begin together, after both forks
-        children = []
-        for _ in range(processes):
-            pid = os.fork()
-            if pid == 0:
-                calls = 0  # a failing call counts as none done, and the child still exits
-                try:
-                    time.sleep(max(0.0, start - time.time()))
-                    end = time.monotonic() + SCALING_SECONDS
-                    while time.monotonic() < end:
-                        call()
-                        calls += 1
-                finally:
-                    os.write(write, f"{calls}\n".encode())
-                    os._exit(0)
-            children.append(pid)
-        for pid in children:
-            os.waitpid(pid, 0)
-        os.close(write)
-        with os.fdopen(read) as counts:
-            return sum(int(line) for line in counts) / SCALING_SECONDS
 
-    one, two = rate(1), rate(2)
-    if not one:
-        raise SystemExit("the Django task failed in the scaling floor")
-    return {"one": one, "two": two, "ratio": two / one}
+def drain_in_processes(r, bench_task, pushes, processes: int) -> dict:
+    """Push QUEUE_TASKS tasks, drain them with `processes` forked processes that start
+    together; rate, machine idle share and Redis CPU per task over the drain."""
+    push_tasks(r, bench_task, pushes)
+    start = time.time() + 0.2  # both begin together, after both forks
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                own = __import__("redis").Redis.from_url(os.environ["BENCH_REDIS_URL"])
+                time.sleep(max(0.0, start - time.time()))
+                drain(own, pushes)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    time.sleep(max(0.0, start - time.time()))
+    idle, redis_cpu, wall = bench_common.machine_idle(), server_cpu(r), time.perf_counter()
+    for pid in children:
+        os.waitpid(pid, 0)
+    wall = time.perf_counter() - wall
+    idle_after, redis_after = bench_common.machine_idle(), server_cpu(r)
+    done = r.hlen(RESULTS)
+    r.delete(RESULTS)
+    if not done:
+        raise SystemExit("the least queue ran no task in the scaling floor")
+    return {
+        "rate": done / wall,
+        "idle": (idle_after[0] - idle[0]) / max(1, idle_after[1] - idle[1]),
+        "redis_us": (redis_after - redis_cpu) / done * 1e6,
+    }
+
+
+def server_cpu(r) -> float:
+    """CPU seconds the Redis server has spent so far."""
+    info = r.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
 
 
 def best_scaling(measured: list[dict]) -> dict:
     """The best rate seen in one process and in two, and their ratio: the pair of a single try
-    can have caught the machine at different speeds."""
-    one, two = max(m["one"] for m in measured), max(m["two"] for m in measured)
-    return {"one": one, "two": two, "ratio": two / one}
+    can have caught the machine at different speeds. Other figures come from the try with
+    the best rate in two."""
+    fastest = max(measured, key=lambda m: m["two"])
+    one = max(m["one"] for m in measured)
+    return {**fastest, "one": one, "ratio": fastest["two"] / one}
 
 
 def stores_nothing():
@@ -332,8 +364,8 @@ def main() -> None:
             lambda threads=threads: queue_loop(r, bench_task, pushes, threads)
         )
     floors["django_wake"] = percentiles_ms(django_wakes(WAKES, bench_task, pushes))
-    floors["execute_scaling"] = best_scaling(
-        [execute_scaling(lambda: execute(leased, type(backend))) for _ in range(REPEATS)]
+    floors["queue_scaling"] = best_scaling(
+        [queue_scaling(r, bench_task, pushes) for _ in range(REPEATS)]
     )
     print(json.dumps(floors))
 

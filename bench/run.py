@@ -452,14 +452,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_idle() -> tuple[int, int]:
-    """(idle, all) clock ticks of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        ticks = [int(value) for value in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal; guest time is counted in user already.
-    return ticks[3] + ticks[4], sum(ticks[:8])
-
-
 class Sample(NamedTuple):
     """What the driver reads while a drain runs."""
 
@@ -467,7 +459,7 @@ class Sample(NamedTuple):
     done: int  # tasks finished
     pool_cpu: float  # seconds
     redis_cpu: float  # seconds
-    idle_ticks: tuple[int, int]  # machine_idle()
+    idle_ticks: tuple[int, int]  # bench_common.machine_idle()
     cpu_pressure: float | None  # machine_cpu_pressure()
 
 
@@ -520,7 +512,7 @@ def drain(peer: Peer, ctx: Context, kind: str, count: int, processes: int, threa
 
         def sample(now: float, done: int) -> Sample:
             return Sample(now, done, worker.cpu(), cpu_seconds(server.process.pid),
-                          machine_idle(), machine_cpu_pressure())  # fmt: skip
+                          bench_common.machine_idle(), machine_cpu_pressure())  # fmt: skip
 
         try:
             deadline = time.monotonic() + ctx.drain_timeout + 60

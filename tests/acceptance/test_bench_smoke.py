@@ -37,10 +37,11 @@ def test_benchmark_drains_tasks_with_threadmill_and_reports_a_throughput(tmp_pat
     assert floors["queue_loop"]["rate"] > 0 and floors["queue_loop"]["user_us"] > 0
     assert floors["queue_loop_2_threads"]["rate"] > 0 and floors["queue_loop_4_threads"]["rate"] > 0
     assert 0 < floors["django_wake"]["p50_ms"] <= floors["django_wake"]["p95_ms"]
-    assert floors["execute_scaling"]["two"] > 0 and floors["push_enqueue"]["rate"] > 0
+    assert floors["queue_scaling"]["two"] > 0 and floors["push_enqueue"]["rate"] > 0
     assert report["calibration"]["measurements"] == 2
     markdown = (tmp_path / "benchmark.md").read_text()
     assert "| threadmill |" in markdown
     assert "the task body alone (one INCR), in a bare loop" in markdown
     assert "no-op tasks drained by the least Redis queue" in markdown
     assert "the same, 4 threads of one process" in markdown
+    assert "in two side by side" in markdown
