@@ -194,6 +194,7 @@ def queue_loop(r, bench_task, pushes, threads: int = 1) -> dict:
 
 
 def push_tasks(r, bench_task, pushes) -> None:
+    """Empty the least queue and its results, then enqueue QUEUE_TASKS no-op tasks into it."""
     r.delete(TASKS, RESULTS)
     for _ in range(QUEUE_TASKS):
         pushes.enqueue(bench_task, ("noop", 0, 0.0), {})
@@ -235,10 +236,8 @@ def reap(pid: int) -> None:
 def queue_scaling(r, bench_task, pushes) -> dict:
     """The least queue's rate drained by one process, then by two side by side, and their
     ratio; with two, the machine's idle share and Redis's CPU per task."""
-    one, two = (
-        drain_in_processes(r, bench_task, pushes, 1),
-        drain_in_processes(r, bench_task, pushes, 2),
-    )
+    one = drain_in_processes(r, bench_task, pushes, 1)
+    two = drain_in_processes(r, bench_task, pushes, 2)
     return {
         "one": one["rate"],
         "two": two["rate"],
