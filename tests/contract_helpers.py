@@ -9,7 +9,7 @@ def rewrite_payload(backend: AcknowledgeableTaskBackend, task_id: str, payload: 
     from threadmill.backends.redis import RedisTaskBackend
 
     if isinstance(backend, RedisTaskBackend):
-        backend.client.hset(backend.key("tasks"), f"{task_id}.payload", payload)
+        backend.client.hset(backend.task_key(task_id), "payload", payload)
         return
     if isinstance(backend, DatabaseTaskBackend):
         backend._tasks().filter(result_id=task_id).update(payload=payload.decode())
@@ -22,7 +22,7 @@ def stored_status(backend: AcknowledgeableTaskBackend, task_id: str) -> str:
     from threadmill.backends.redis import RedisTaskBackend
 
     if isinstance(backend, RedisTaskBackend):
-        return backend.client.hget(backend.key("tasks"), f"{task_id}.status").decode()
+        return backend.client.hget(backend.task_key(task_id), "status").decode()
     if isinstance(backend, DatabaseTaskBackend):
         return backend._tasks().values_list("status", flat=True).get(result_id=task_id)
     raise NotImplementedError(f"no way to read a status of {type(backend).__name__}")

@@ -181,7 +181,8 @@ class AcknowledgeableTaskBackend(BaseTaskBackend):
         Keeps the heartbeat of each of `pool_ids` alive (and renews their leases, so tasks
         waiting in a live pool are never failed for waiting), moves due scheduled tasks to
         their queues, settles orphaned leases (expired, or whose pool's heartbeat stopped) and
-        trims expired results. Returns counts of what it did.
+        trims expired results (where the store does not expire them itself). Returns counts of
+        what it did.
         """
 
     @abstractmethod

@@ -1,5 +1,5 @@
 -- Lease up to ARGV[1] tasks, round-robin over the queues so a busy queue never starves another.
--- KEYS[1] tasks          hash: "<id>.<field>" -> value
+-- KEYS[1] tasks          the task key prefix: task <id>'s hash is KEYS[1] .. <id>
 -- KEYS[2] pool_leases    zset (all scores 0): "<pool id>\t<id>" for every lease a pool holds
 -- KEYS[3] receipt        string: the ids this very call leased, kept a short while, so that
 --                        the same call sent again (its reply was lost) leases nothing more and
@@ -41,8 +41,8 @@ if receipt then
   -- A repeat of a call that was carried out: answer with what it leased and still holds.
   local reply = {now, ''}
   for id in string.gmatch(receipt, '[^\n]+') do
-    local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.payload', id .. '.enqueued_at',
-      id .. '.started_at', id .. '.worker_ids', id .. '.errors')
+    local f = redis.call('HMGET', tasks .. id, 'lease', 'payload', 'enqueued_at',
+      'started_at', 'worker_ids', 'errors')
     if f[1] and string.find(f[1], '\t' .. worker .. '\t', 1, true) then
       leased_task(reply, id, f[2], f[3], f[4], f[5], f[6])
     end
@@ -57,7 +57,7 @@ for q = 0, queues - 1 do
   local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
   for _, id in ipairs(due) do
     redis.call('ZREM', scheduled, id)
-    redis.call('ZADD', ready, redis.call('HGET', tasks, id .. '.order'), id)
+    redis.call('ZADD', ready, redis.call('HGET', tasks .. id, 'order'), id)
   end
   local first = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
   if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
@@ -75,9 +75,9 @@ while taken < wanted and empty_in_a_row < queues do
     empty_in_a_row = 0
     taken = taken + 1
     local id = popped[1]
-    local f = redis.call('HMGET', tasks, id .. '.payload', id .. '.enqueued_at',
-      id .. '.started_at', id .. '.worker_ids', id .. '.errors', id .. '.attempts',
-      id .. '.attempted_at')
+    local task = tasks .. id
+    local f = redis.call('HMGET', task, 'payload', 'enqueued_at', 'started_at', 'worker_ids',
+      'errors', 'attempts', 'attempted_at')
     local started = f[3] or now
     local workers = f[4]
     if workers == '[]' then
@@ -88,10 +88,9 @@ while taken < wanted and empty_in_a_row < queues do
     local attempts = tonumber(f[6]) + 1
     local lease = attempts .. '\t' .. worker .. '\t' .. pool
     -- The previous_* fields let a release put the task back exactly as it was.
-    redis.call('HSET', tasks, id .. '.status', 'RUNNING', id .. '.started_at', started,
-      id .. '.attempted_at', now, id .. '.previous_attempted_at', f[7] or '',
-      id .. '.previous_worker_ids', f[4], id .. '.worker_ids', workers,
-      id .. '.attempts', attempts, id .. '.lease', lease)
+    redis.call('HSET', task, 'status', 'RUNNING', 'started_at', started, 'attempted_at', now,
+      'previous_attempted_at', f[7] or '', 'previous_worker_ids', f[4], 'worker_ids', workers,
+      'attempts', attempts, 'lease', lease)
     redis.call('ZADD', KEYS[6 + 4 * q], expiry, id)
     if pool ~= '' then
       redis.call('ZADD', KEYS[2], 0, pool .. '\t' .. id)

@@ -1,5 +1,5 @@
 -- Queue up one task.
--- KEYS[1] tasks      hash: "<id>.<field>" -> value, every task of the alias
+-- KEYS[1] task       hash: field -> value, this task's own (`<prefix>task:<id>`)
 -- KEYS[2] sequence   string: counter giving FIFO order within a priority
 -- KEYS[3] ready      zset: id -> order (priority band, then sequence), of this task's queue
 -- KEYS[4] scheduled  zset: id -> run_after (seconds since the epoch), of this task's queue
@@ -14,8 +14,8 @@
 -- id taken by another task is an error.
 local id = ARGV[1]
 -- Claims the id and stores the payload in one command; the id is rarely taken already.
-if redis.call('HSETNX', KEYS[1], id .. '.payload', ARGV[2]) == 0 then
-  local existing = redis.call('HMGET', KEYS[1], id .. '.payload', id .. '.enqueued_at')
+if redis.call('HSETNX', KEYS[1], 'payload', ARGV[2]) == 0 then
+  local existing = redis.call('HMGET', KEYS[1], 'payload', 'enqueued_at')
   if existing[1] ~= ARGV[2] then
     return redis.error_reply('threadmill: task id ' .. id .. ' exists already')
   end
@@ -30,10 +30,8 @@ local now = string.format('%.6f', tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
 local sequence = redis.call('INCR', KEYS[2])
 -- Higher priority sorts first; 2^44 sequence numbers per band keep the score an exact integer.
 local order = string.format('%.0f', (100 - tonumber(ARGV[4])) * 17592186044416 + sequence)
-redis.call('HSET', KEYS[1],
-  id .. '.status', 'READY', id .. '.queue', ARGV[3],
-  id .. '.order', order, id .. '.enqueued_at', now, id .. '.attempts', 0,
-  id .. '.worker_ids', '[]', id .. '.errors', '[]')
+redis.call('HSET', KEYS[1], 'status', 'READY', 'queue', ARGV[3], 'order', order,
+  'enqueued_at', now, 'attempts', 0, 'worker_ids', '[]', 'errors', '[]')
 if ARGV[5] ~= '' and tonumber(ARGV[5]) > tonumber(now) then
   redis.call('ZADD', KEYS[4], ARGV[5], id)
 else

@@ -1,7 +1,7 @@
 -- Give back every task a pool still holds, as `release` would each: the caller knows none of
 -- them started (the pool's worker died before it could say it had leased them). Then drop
 -- the pool's heartbeat.
--- KEYS[1] tasks          hash: "<id>.<field>" -> value
+-- KEYS[1] tasks          the task key prefix: task <id>'s hash is KEYS[1] .. <id>
 -- KEYS[2] pool_leases    zset (all scores 0): "<pool id>\t<id>"
 -- KEYS[3] pools          zset: pool id -> heartbeat deadline
 -- then three keys per queue, for queue i (i = 0, 1, ...), named by ARGV[2 + i]:
@@ -20,24 +20,23 @@ local released = 0
 local held = redis.call('ZRANGEBYLEX', pool_leases, '[' .. pool .. '\t', '[' .. pool .. '\t\255')
 for _, member in ipairs(held) do
   local id = string.sub(member, #pool + 2)
-  local f = redis.call('HMGET', tasks, id .. '.lease', id .. '.attempts', id .. '.queue',
-    id .. '.previous_attempted_at', id .. '.previous_worker_ids', id .. '.order')
+  local task = tasks .. id
+  local f = redis.call('HMGET', task, 'lease', 'attempts', 'queue', 'previous_attempted_at',
+    'previous_worker_ids', 'order')
   local q = queue_index[f[3] or '']
   -- A lease of this pool on a queue the caller did not name stays for maintenance to settle.
   if f[1] and q and string.sub(f[1], -#pool - 1) == '\t' .. pool then
     local attempts = tonumber(f[2]) - 1
-    redis.call('HSET', tasks, id .. '.status', 'READY', id .. '.worker_ids', f[5],
-      id .. '.attempts', attempts)
+    redis.call('HSET', task, 'status', 'READY', 'worker_ids', f[5], 'attempts', attempts)
     if f[4] and f[4] ~= '' then
-      redis.call('HSET', tasks, id .. '.attempted_at', f[4])
+      redis.call('HSET', task, 'attempted_at', f[4])
     else
-      redis.call('HDEL', tasks, id .. '.attempted_at')
+      redis.call('HDEL', task, 'attempted_at')
     end
     if attempts == 0 then
-      redis.call('HDEL', tasks, id .. '.started_at')
+      redis.call('HDEL', task, 'started_at')
     end
-    redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
-      id .. '.previous_worker_ids')
+    redis.call('HDEL', task, 'lease', 'previous_attempted_at', 'previous_worker_ids')
     redis.call('ZREM', KEYS[5 + 3 * q], id)
     redis.call('ZADD', KEYS[4 + 3 * q], f[6], id)
     redis.call('LPUSH', KEYS[6 + 3 * q], '1')

@@ -1,5 +1,5 @@
 -- Record a failed attempt of a leased task and queue the task again under the same id.
--- KEYS[1] tasks        hash: "<id>.<field>" -> value
+-- KEYS[1] task         hash: field -> value, the task's own
 -- KEYS[2] running      zset: id -> lease expiry, of the task's queue
 -- KEYS[3] pool_leases  zset: "<pool id>\t<id>"
 -- KEYS[4] ready        zset: id -> order, of the task's queue
@@ -10,17 +10,16 @@
 -- ARGV[3] errors, the task's whole list as JSON (the failed attempt's error last)
 -- ARGV[4] when to run again, seconds since the epoch
 -- Returns 1 when queued again, 0 when the caller no longer holds the lease.
-local tasks, id, token = KEYS[1], ARGV[1], ARGV[2]
-local lease = redis.call('HGET', tasks, id .. '.lease')
+local task, id, token = KEYS[1], ARGV[1], ARGV[2]
+local lease = redis.call('HGET', task, 'lease')
 if not lease or string.sub(lease, 1, #token + 1) ~= token .. '\t' then
   return 0
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local pool = string.sub(lease, #token + 2)
-redis.call('HSET', tasks, id .. '.status', 'READY', id .. '.errors', ARGV[3])
-redis.call('HDEL', tasks, id .. '.lease', id .. '.previous_attempted_at',
-  id .. '.previous_worker_ids')
+redis.call('HSET', task, 'status', 'READY', 'errors', ARGV[3])
+redis.call('HDEL', task, 'lease', 'previous_attempted_at', 'previous_worker_ids')
 redis.call('ZREM', KEYS[2], id)
 if pool ~= '' then
   redis.call('ZREM', KEYS[3], pool .. '\t' .. id)
@@ -28,7 +27,7 @@ end
 if tonumber(ARGV[4]) > now then
   redis.call('ZADD', KEYS[5], ARGV[4], id)
 else
-  redis.call('ZADD', KEYS[4], redis.call('HGET', tasks, id .. '.order'), id)
+  redis.call('ZADD', KEYS[4], redis.call('HGET', task, 'order'), id)
   redis.call('LPUSH', KEYS[6], '1')
   redis.call('LTRIM', KEYS[6], 0, 255)
 end
