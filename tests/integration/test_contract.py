@@ -377,7 +377,7 @@ def test_settle_fails_a_task_or_retries_it_per_its_policy(backend):
 
 
 def test_finished_results_expire_after_result_ttl(backend):
-    short = with_options(backend, result_ttl=0.2)
+    short = with_options(backend, result_ttl=1)
     enqueued = tasks.noop.enqueue()
     short.acknowledge(succeed(short.acquire(timeout=1, worker_id=WORKER), None))
     assert short.get_result(enqueued.id).status == TaskResultStatus.SUCCESSFUL

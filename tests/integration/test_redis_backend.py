@@ -197,7 +197,7 @@ def test_the_worker_connection_rides_out_a_short_redis_restart(settings, key_pre
 def test_only_a_finished_task_expires_and_it_leaves_nothing_behind(
     settings, redis_server, key_prefix
 ):
-    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, result_ttl=0.2)
+    settings.TASKS = redis_tasks_setting_for(redis_server.url, key_prefix, result_ttl=1)
     backend = task_backends["default"]
     finished, running, ready = (tasks.noop.enqueue() for _ in range(3))
     backend.acknowledge(with_success(backend.acquire(timeout=1, worker_id="h:1:t")))
@@ -224,6 +224,8 @@ def test_only_a_finished_task_expires_and_it_leaves_nothing_behind(
         ({"REDIS_URL": "http://example.com"}, "threadmill.E002"),
         ({"OPTIONS": {"lease_ttl": "soon"}}, "threadmill.E003"),
         ({"OPTIONS": {"batch_size": 0}}, "threadmill.E003"),
+        ({"OPTIONS": {"result_ttl": float("inf")}}, "threadmill.E003"),
+        ({"OPTIONS": {"lease_ttl": float("nan")}}, "threadmill.E003"),
         ({"OPTIONS": {"no_such_option": 1}}, "threadmill.E003"),
     ],
 )

@@ -29,14 +29,21 @@ from threadmill.tasks import Task
 logger = logging.getLogger("threadmill.backends")
 
 
+# The longest duration an option takes: longer ones are surely mistakes, and the stores cannot
+# all represent "for ever" (Redis refuses an expiry past 2^63 milliseconds).
+LONGEST_DURATION = 100 * 365 * 86400
+
+
 def seconds(value: Any, name: str) -> float:
     """Read a duration option given as seconds or a timedelta; raise ValueError naming it."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number of seconds or a timedelta, not {value!r}.")
-    if value <= 0:
+    if not value > 0:  # also refuses NaN
         raise ValueError(f"{name} must be positive, not {value!r}.")
+    if value > LONGEST_DURATION:
+        raise ValueError(f"{name} must be at most 100 years ({LONGEST_DURATION} s), not {value!r}.")
     return float(value)
 
 

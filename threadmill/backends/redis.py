@@ -17,6 +17,10 @@ Limits
   server loses the last writes (see `manage.py check --deploy`). A `maxmemory-policy` other than
   `noeviction` lets Redis drop queued work under memory pressure.
 - Times come from the Redis server's clock; `run_after` is compared with it.
+- On a Cluster, while the slot of an alias moves to another shard, its scripts are refused
+  (TRYAGAIN) and retried, so the alias pauses until the move is done: each script declares the
+  prefix of the task hashes, a key that never exists, so that none starts mid-move and finds
+  some of its tasks moved already.
 
 Layout: every key of an alias is `<key_prefix>:{<alias>}:<name>`; the `{alias}` hash tag puts
 them in one Cluster slot. Each task is a hash of its own, `task:<id>`: Redis spends about a
@@ -437,7 +441,7 @@ class RedisTaskBackend(AcknowledgeableTaskBackend):
                         "the recorded status %s stands",
                         finals[i].task_id,
                         finals[i].token.replace("\t", " by "),
-                        _text(detail) or "(trimmed)",
+                        _text(detail) or "(expired)",
                     )
         return recorded
 
