@@ -1,7 +1,7 @@
 -- Publish the final results of leased tasks of one queue, each only if its caller still holds
 -- its lease. One call for many tasks: a script call costs the server more than a task's work.
 -- KEYS[1] tasks        the task key prefix: task <id>'s hash is KEYS[1] .. <id>
--- KEYS[2] running      zset: id -> lease expiry, of the tasks' queue
+-- KEYS[2] running      zset: id -> lease expiry (milliseconds), of the tasks' queue
 -- KEYS[3] pool_leases  zset: "<pool id>\t<id>"
 -- ARGV[1] result time to live, milliseconds: the finished task's hash expires then
 -- ARGV[2] "holder" when the lease holders themselves report, "settler" when someone else ends

@@ -7,7 +7,8 @@
 -- then four keys per queue, in the caller's order, for queue i (i = 0, 1, ...):
 -- KEYS[4+4i] ready       zset: id -> order
 -- KEYS[5+4i] scheduled   zset: id -> run_after (seconds)
--- KEYS[6+4i] running     zset: id -> lease expiry (seconds)
+-- KEYS[6+4i] running     zset: id -> lease expiry (whole milliseconds: a small sorted set keeps
+--                        whole scores as integers, which it compares without parsing)
 -- KEYS[7+4i] wake        list: wake-up tokens, emptied here when nothing is ready, so a
 --                        token in it always means "something was queued after you looked"
 -- ARGV[1] how many tasks to lease at most
@@ -67,7 +68,7 @@ end
 
 local reply = {now, next_due}
 local wanted = tonumber(ARGV[1])
-local expiry = string.format('%.6f', now_number + tonumber(ARGV[5]))
+local expiry = string.format('%.0f', (now_number + tonumber(ARGV[5])) * 1000)
 local taken, empty_in_a_row, q = 0, 0, tonumber(ARGV[7]) % queues
 while taken < wanted and empty_in_a_row < queues do
   local popped = redis.call('ZPOPMIN', KEYS[4 + 4 * q])

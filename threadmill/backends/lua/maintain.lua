@@ -8,7 +8,7 @@
 -- then four keys per queue, for queue i (i = 0, 1, ...), named by ARGV[5 + i]:
 -- KEYS[4+4i] ready       zset: id -> order
 -- KEYS[5+4i] scheduled   zset: id -> run_after (seconds)
--- KEYS[6+4i] running     zset: id -> lease expiry (seconds)
+-- KEYS[6+4i] running     zset: id -> lease expiry (whole milliseconds)
 -- KEYS[7+4i] wake        list: wake-up tokens
 -- ARGV[1] the ids of the live pools calling, joined by newlines, or "" (a live pool's
 --         heartbeat also renews its leases, so tasks waiting in its prefetch buffers are never
@@ -31,7 +31,8 @@ for q = 0, queues - 1 do
 end
 
 local heartbeat = string.format('%.6f', now_number + pool_ttl)
-local renewed = string.format('%.6f', now_number + lease_ttl)
+local renewed = string.format('%.0f', (now_number + lease_ttl) * 1000)
+local now_ms = string.format('%.0f', now_number * 1000)
 for pool in string.gmatch(ARGV[1], '[^\n]+') do
   redis.call('ZADD', pools, heartbeat, pool)
   local held = redis.call('ZRANGEBYLEX', pool_leases, '[' .. pool .. '\t', '[' .. pool .. '\t\255')
@@ -59,7 +60,8 @@ end
 
 local reply = {promoted}
 for q = 0, queues - 1 do
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[6 + 4 * q], '-inf', now, 'LIMIT', 0, batch)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[6 + 4 * q], '-inf', now_ms, 'LIMIT', 0,
+    batch)
   for _, id in ipairs(expired) do
     table.insert(reply, id)
     table.insert(reply, redis.call('HGET', tasks .. id, 'lease') or '')

@@ -1,7 +1,7 @@
 -- Give a leased, unstarted task back to its queue as it was: its attempt is not counted and
 -- it keeps its place in the queue.
 -- KEYS[1] task         hash: field -> value, the task's own
--- KEYS[2] running      zset: id -> lease expiry, of the task's queue
+-- KEYS[2] running      zset: id -> lease expiry (milliseconds), of the task's queue
 -- KEYS[3] pool_leases  zset: "<pool id>\t<id>"
 -- KEYS[4] ready        zset: id -> order, of the task's queue
 -- KEYS[5] wake         list: wake-up tokens of the task's queue

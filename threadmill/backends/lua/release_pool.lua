@@ -6,7 +6,7 @@
 -- KEYS[3] pools          zset: pool id -> heartbeat deadline
 -- then three keys per queue, for queue i (i = 0, 1, ...), named by ARGV[2 + i]:
 -- KEYS[4+3i] ready       zset: id -> order
--- KEYS[5+3i] running     zset: id -> lease expiry
+-- KEYS[5+3i] running     zset: id -> lease expiry (milliseconds)
 -- KEYS[6+3i] wake        list: wake-up tokens
 -- ARGV[1] the pool id
 -- ARGV[2...] the queue names, in the order of the keys

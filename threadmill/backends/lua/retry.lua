@@ -1,6 +1,6 @@
 -- Record a failed attempt of a leased task and queue the task again under the same id.
 -- KEYS[1] task         hash: field -> value, the task's own
--- KEYS[2] running      zset: id -> lease expiry, of the task's queue
+-- KEYS[2] running      zset: id -> lease expiry (milliseconds), of the task's queue
 -- KEYS[3] pool_leases  zset: "<pool id>\t<id>"
 -- KEYS[4] ready        zset: id -> order, of the task's queue
 -- KEYS[5] scheduled    zset: id -> run_after (seconds), of the task's queue
