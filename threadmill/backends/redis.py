@@ -17,18 +17,20 @@ Limits
   server loses the last writes (see `manage.py check --deploy`). A `maxmemory-policy` other than
   `noeviction` lets Redis drop queued work under memory pressure.
 - Times come from the Redis server's clock; `run_after` is compared with it.
-- On a Cluster, while the slot of an alias moves to another shard, its scripts are refused
-  (TRYAGAIN) and retried, so the alias pauses until the move is done: each script declares the
-  prefix of the task hashes, a key that never exists, so that none starts mid-move and finds
-  some of its tasks moved already.
+- On a Cluster, while the slot of an alias moves to another shard, Redis runs a script only
+  where all the keys it declares are, and refuses it otherwise (TRYAGAIN; retried), so the
+  alias pauses until the move is done. enqueue, release and retry declare the one task hash
+  they touch. The scripts that learn task ids as they run declare the prefix of the task
+  hashes, a key that never exists, so none of them starts mid-move and finds some of its tasks
+  moved already.
 
 Layout: every key of an alias is `<key_prefix>:{<alias>}:<name>`; the `{alias}` hash tag puts
 them in one Cluster slot. Each task is a hash of its own, `task:<id>`: Redis spends about a
 fifth less per lease and acknowledgement on small hashes than on one hash of every task's
-fields, whose names are long and whose table keeps growing and rehashing. Every script is handed
-the keys of the alias in KEYS; a script that learns a task's id only as it runs (a lease pops
-it) names the task's hash from the prefix it is handed, which carries the hash tag, so the
-hash lies in the slot the script runs on.
+fields, whose names are long and whose table keeps growing and rehashing. A script is handed
+every key it touches in KEYS, except where it learns a task's id only as it runs (a lease
+pops it): it names that task's hash from the prefix it is handed, which carries the hash tag,
+so the hash lies in the slot the script runs on.
 """
 
 import json
